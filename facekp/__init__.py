@@ -1,0 +1,1 @@
+"""Facial keypoint detection: the pieces shared by training, the TorchServe handler and clients."""

@@ -1,0 +1,62 @@
+"""The model's contract: input size, keypoint order and coordinate normalization.
+
+Training, the handler, the evaluation client and the tests all import these names, so the
+contract is written down exactly once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+IMAGE_SIZE = 96
+"""Model input is (1, IMAGE_SIZE, IMAGE_SIZE) grayscale in [0, 1]."""
+
+HALF = IMAGE_SIZE / 2
+"""Normalized coordinate = (pixel - HALF) / HALF."""
+
+KEYPOINT_NAMES: tuple[str, ...] = (
+    "left_eye_center",
+    "right_eye_center",
+    "left_eye_inner_corner",
+    "left_eye_outer_corner",
+    "right_eye_inner_corner",
+    "right_eye_outer_corner",
+    "left_eyebrow_inner_end",
+    "left_eyebrow_outer_end",
+    "right_eyebrow_inner_end",
+    "right_eyebrow_outer_end",
+    "nose_tip",
+    "mouth_left_corner",
+    "mouth_right_corner",
+    "mouth_center_top_lip",
+    "mouth_center_bottom_lip",
+)
+"""Kaggle order. "left" is the subject's left, which is on the image's right."""
+
+NUM_KEYPOINTS = len(KEYPOINT_NAMES)
+
+
+def _mirror_permutation(names: tuple[str, ...]) -> tuple[int, ...]:
+    """Index of each keypoint's mirror image: *left* <-> *right*, midline points stay."""
+    swap = {"left": "right", "right": "left"}
+    index = {name: i for i, name in enumerate(names)}
+    return tuple(
+        index["_".join(swap.get(word, word) for word in name.split("_"))] for name in names
+    )
+
+
+FLIP_PERMUTATION: tuple[int, ...] = _mirror_permutation(KEYPOINT_NAMES)
+"""After a horizontal flip, keypoint i of the flipped face is keypoint FLIP_PERMUTATION[i]."""
+
+MIRROR_X_SHIFT = -1.0 / HALF
+"""A flip sends pixel x to (IMAGE_SIZE - 1 - x): normalized x becomes -x + MIRROR_X_SHIFT."""
+
+
+def normalize(pixels: np.ndarray) -> np.ndarray:
+    """Pixel coordinates in the 96x96 frame -> the model's normalized coordinates."""
+    return (np.asarray(pixels, dtype=np.float32) - HALF) / HALF
+
+
+def denormalize(normalized: np.ndarray) -> np.ndarray:
+    """The model's normalized coordinates -> pixel coordinates in the 96x96 frame."""
+    return np.asarray(normalized, dtype=np.float32) * HALF + HALF

@@ -1,0 +1,163 @@
+"""Score a running keypoint service over HTTP, the way its users will see it.
+
+Every face of a data set is encoded (PNG, or JPEG), optionally resized, sent to
+/predictions/keypoints by a few concurrent clients, and the answers are scored with the
+course's metric in the 96x96 frame.
+
+    python -m facekp.evaluate --url http://127.0.0.1:8080 --split validation
+    python -m facekp.evaluate --data faces.csv --format jpeg --size 192
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import requests
+from PIL import Image
+
+from facekp import data as facedata
+from facekp import metrics
+from facekp.contract import IMAGE_SIZE, KEYPOINT_NAMES, normalize
+
+
+def encode_face(pixels: np.ndarray, fmt: str = "png", size: int = IMAGE_SIZE, quality: int = 95) -> bytes:
+    """A 96x96 uint8 face -> image file bytes, resized to size x size (Lanczos)."""
+    image = Image.fromarray(pixels, mode="L")
+    if size != IMAGE_SIZE:
+        image = image.resize((size, size), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt.upper(), **({"quality": quality} if fmt == "jpeg" else {}))
+    return buffer.getvalue()
+
+
+def to_model_frame(points_px: np.ndarray, size: int) -> np.ndarray:
+    """Pixel coordinates in a size x size image -> the 96x96 frame (pixel-centre convention)."""
+    scale = size / IMAGE_SIZE
+    return (np.asarray(points_px, np.float64) + 0.5) / scale - 0.5
+
+
+@dataclass
+class Result:
+    predictions: np.ndarray  # (N, 15, 2) in the 96x96 frame; NaN where a request failed
+    latencies_ms: np.ndarray
+    errors: list[str]
+    seconds: float
+
+
+def query_service(url: str, bodies: list[bytes], concurrency: int = 4, timeout: float = 10.0,
+                  content_type: str = "application/octet-stream", progress: bool = True) -> Result:
+    """POST each body to url with `concurrency` clients; keypoints as returned (image pixels)."""
+    predictions = np.full((len(bodies), len(KEYPOINT_NAMES), 2), np.nan)
+    latencies = np.full(len(bodies), np.nan)
+    errors: list[str] = []
+    local = threading.local()
+    done = [0]
+    lock = threading.Lock()
+
+    def session() -> requests.Session:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        return local.session
+
+    def one(i: int) -> None:
+        start = time.perf_counter()
+        try:
+            reply = session().post(url, data=bodies[i], headers={"Content-Type": content_type}, timeout=timeout)
+            latencies[i] = (time.perf_counter() - start) * 1000
+            if reply.status_code != 200:
+                raise RuntimeError(f"HTTP {reply.status_code}: {reply.text[:200]}")
+            points = reply.json()["keypoints"]
+            if [p["name"] for p in points] != list(KEYPOINT_NAMES):
+                raise RuntimeError("keypoint names or order differ from the contract")
+            predictions[i] = [[p["x"], p["y"]] for p in points]
+        except Exception as err:  # every failure is counted and reported, none stops the run
+            with lock:
+                errors.append(f"image {i}: {type(err).__name__}: {err}")
+        with lock:
+            done[0] += 1
+            if progress and (done[0] % 200 == 0 or done[0] == len(bodies)):
+                print(f"  {done[0]}/{len(bodies)} answered", file=sys.stderr, flush=True)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(len(bodies))))
+    return Result(predictions, latencies, errors, time.perf_counter() - start)
+
+
+def select(faces: facedata.FaceData, split: str) -> facedata.FaceData:
+    if split == "all":
+        return faces
+    train, validation = facedata.split_by_person(faces)
+    return validation if split == "validation" else train
+
+
+def report(pred_96: np.ndarray, true_96: np.ndarray) -> dict:
+    ok = np.isfinite(pred_96).all(axis=(1, 2))
+    pred, true = pred_96[ok], true_96[ok]
+    return {
+        "score": metrics.score(pred, true) if ok.any() else 0.0,
+        "rmse_px": metrics.rmse_px(pred, true) if ok.any() else float("nan"),
+        "rmse_px_per_keypoint": dict(zip(KEYPOINT_NAMES, metrics.rmse_px_per_keypoint(pred, true).round(3).tolist())),
+        "scored": int(ok.sum()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="http://127.0.0.1:8080", help="inference address of the service")
+    parser.add_argument("--model", default="keypoints")
+    parser.add_argument("--data", default=None, help="npz or Kaggle CSV (default: the shared data set)")
+    parser.add_argument("--split", choices=["all", "validation", "train"], default="all",
+                        help="which people to send; 'validation' = the people training held out")
+    parser.add_argument("--format", choices=["png", "jpeg"], default="png")
+    parser.add_argument("--size", type=int, default=IMAGE_SIZE, help="side of the image sent (keypoints scaled back)")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    parser.add_argument("--limit", type=int, default=0, help="send only the first N faces")
+    parser.add_argument("--json", dest="json_out", help="also write the report as JSON here")
+    args = parser.parse_args(argv)
+
+    try:
+        faces = select(facedata.load(args.data), args.split)
+    except facedata.DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    faces = faces.subset(np.flatnonzero(facedata.complete_rows(faces)))
+    if args.limit:
+        faces = faces.subset(np.arange(min(args.limit, len(faces))))
+    url = f"{args.url.rstrip('/')}/predictions/{args.model}"
+    print(f"sending {len(faces)} faces of {len(set(faces.people))} people ({args.split}) as {args.size}x{args.size} "
+          f"{args.format.upper()} to {url}, {args.concurrency} concurrent", file=sys.stderr)
+    bodies = [encode_face(img, args.format, args.size) for img in faces.images]
+    result = query_service(url, bodies, args.concurrency, args.timeout, f"image/{args.format}")
+    summary = report(to_model_frame(result.predictions, args.size), faces.keypoints)
+    lat = result.latencies_ms[np.isfinite(result.latencies_ms)]
+    summary.update({
+        "faces": len(faces), "failed": len(result.errors), "format": args.format, "size": args.size,
+        "latency_ms": {f"p{q}": round(float(np.percentile(lat, q)), 2) for q in (50, 90, 95, 99)} if len(lat) else {},
+        "throughput_per_s": round(len(faces) / result.seconds, 1),
+    })
+    for line in result.errors[:5]:
+        print(f"  failed: {line}", file=sys.stderr)
+    print(f"score {summary['score']:.1f}  (1 / (2 * MSE), normalized coordinates; mean face ~70, pass mark 100)")
+    print(f"rmse  {summary['rmse_px']:.3f} px in the 96x96 frame, over {summary['scored']}/{len(faces)} faces "
+          f"({summary['failed']} failed)")
+    print("per keypoint rmse (px): " + ", ".join(f"{k} {v:.2f}" for k, v in summary["rmse_px_per_keypoint"].items()))
+    print("latency ms: " + "  ".join(f"{k} {v}" for k, v in summary["latency_ms"].items())
+          + f"   throughput {summary['throughput_per_s']} images/s")
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(summary, f, indent=2)
+    return 1 if result.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""Build the model archive and run TorchServe: start, wait until the worker is READY, stop.
+
+`make serve`, `make stop`, the tests and the benchmarks all go through this module, so a
+service started by hand behaves exactly like the one under test.
+
+    python -m facekp.server start [--inference-port 8080 ...]
+    python -m facekp.server stop
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import requests
+
+from facekp.data import REPO_ROOT
+
+MODEL_NAME = "keypoints"
+MODEL_FILE = REPO_ROOT / "model_store" / "keypoints.pt"
+MODEL_STORE = REPO_ROOT / "model_store"
+SHIPPED_CONFIG = REPO_ROOT / "serve" / "config.properties"
+MODEL_CONFIG = REPO_ROOT / "serve" / "model-config.yaml"
+RUN_DIR = REPO_ROOT / ".serve"
+BIN = Path(sys.executable).parent
+ARCHIVED_MODULES = {"handler": ["__init__.py", "processing.py"], "facekp": ["__init__.py", "contract.py"]}
+"""What the handler imports at serving time; nothing else of the project goes into the .mar."""
+CRASH_LOOP_STOPS = 3
+"""Worker stops during start-up after which waiting for READY is pointless."""
+
+
+class ServiceError(Exception):
+    """The service could not be built, started or reached; the message says what to do."""
+
+
+def build_archive(model_file: Path = MODEL_FILE, export_dir: Path = MODEL_STORE,
+                  model_config: Path = MODEL_CONFIG) -> Path:
+    """Package the TorchScript model, the handler and its helpers into keypoints.mar."""
+    if not model_file.is_file():
+        raise ServiceError(f"model file {model_file} is missing: train one with `python train/run.py` "
+                           "or restore it with `git checkout model_store/`")
+    _check_torchscript(model_file)
+    export_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as staging:
+        # The archiver flattens each extra folder into the archive's root; staging the
+        # packages one level down keeps `handler.processing` and `facekp.contract` importable.
+        for package, modules in ARCHIVED_MODULES.items():
+            (Path(staging) / package).mkdir()
+            for module in modules:
+                shutil.copy2(REPO_ROOT / package / module, Path(staging) / package / module)
+        cmd = [str(BIN / "torch-model-archiver"), "--model-name", MODEL_NAME, "--version", "1.0",
+               "--serialized-file", str(model_file), "--handler", str(REPO_ROOT / "handler" / "keypoint_handler.py"),
+               "--extra-files", staging, "--config-file", str(model_config),
+               "--export-path", str(export_dir), "--force"]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode:
+        raise ServiceError(f"torch-model-archiver failed:\n{result.stdout}{result.stderr}")
+    return export_dir / f"{MODEL_NAME}.mar"
+
+
+def _check_torchscript(model_file: Path) -> None:
+    import torch
+
+    try:
+        torch.jit.load(str(model_file), map_location="cpu")
+    except Exception as err:
+        raise ServiceError(f"model file {model_file} is not a loadable TorchScript model ({err}); "
+                           "retrain with `python train/run.py` or restore it with `git checkout model_store/`") from None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+@dataclass
+class Service:
+    """One TorchServe instance with its own folder for config, logs and pid file."""
+
+    run_dir: Path = RUN_DIR
+    model_store: Path = MODEL_STORE
+    host: str = "127.0.0.1"
+    inference_port: int = 8080
+    management_port: int = 8081
+    metrics_port: int = 8082
+    token_auth: bool = False
+    config: Path = SHIPPED_CONFIG
+    extra_config: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://{self.host}:{self.inference_port}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://{self.host}:{self.management_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    def _env(self) -> dict[str, str]:
+        # TorchServe keeps its pid file in the temp folder: one per instance lets several run side by side.
+        tmp = self.run_dir / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        return {**os.environ, "TMPDIR": str(tmp), "TEMP": str(tmp), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+    def _write_config(self) -> Path:
+        lines = [line for line in self.config.read_text().splitlines()
+                 if not line.startswith(("inference_address", "management_address", "metrics_address",
+                                         "disable_token_authorization", *self.extra_config))]
+        lines += [f"inference_address={self.inference_url}", f"management_address={self.management_url}",
+                  f"metrics_address={self.metrics_url}",
+                  f"disable_token_authorization={'false' if self.token_auth else 'true'}"]
+        lines += [f"{key}={value}" for key, value in self.extra_config.items()]
+        path = self.run_dir / "config.properties"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def pid(self) -> int | None:
+        """The frontend's pid while it runs, else None."""
+        pid_file = self.run_dir / "tmp" / ".model_server.pid"
+        try:
+            pid = int(pid_file.read_text().strip())
+            if "org.pytorch.serve.ModelServer" in psutil.Process(pid).cmdline():
+                return pid
+        except (OSError, ValueError, psutil.Error):
+            pass
+        return None
+
+    def start(self, archive: Path | None = None) -> None:
+        """Start TorchServe in the background; returns once the frontend is launched."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.pid():
+            raise ServiceError(f"the service in {self.run_dir} is already running (pid {self.pid()}): "
+                               "stop it first with `make stop`")
+        for name, port in [("inference", self.inference_port), ("management", self.management_port),
+                           ("metrics", self.metrics_port)]:
+            if port_in_use(self.host, port):
+                raise ServiceError(f"{name} port {self.host}:{port} is already in use by another program; "
+                                   f"free it or pick another port (e.g. make serve {name.upper()}_PORT=...)")
+        archive = archive or self.model_store / f"{MODEL_NAME}.mar"
+        if not archive.is_file():
+            raise ServiceError(f"model archive {archive} is missing: build it with `make archive`")
+        shutil.rmtree(self.log_dir, ignore_errors=True)
+        cmd = ["torchserve", "--start", "--ncs", "--model-store", str(archive.parent.resolve()),
+               "--models", f"{MODEL_NAME}={archive.name}", "--ts-config", str(self._write_config())]
+        if not self.token_auth:
+            cmd.append("--disable-token-auth")
+        # Not a pipe: the frontend inherits the launcher's stdout and would hold a pipe open forever.
+        console = self.run_dir / "torchserve.out"
+        with open(console, "w") as out:
+            code = subprocess.run(cmd, cwd=self.run_dir, env=self._env(), stdout=out, stderr=subprocess.STDOUT).returncode
+        said = console.read_text(errors="replace")
+        if code or "already running" in said:
+            raise ServiceError(f"torchserve did not start:\n{said}")
+
+    def workers(self) -> list[dict]:
+        """The model's workers as the management API reports them (empty if unreachable)."""
+        try:
+            reply = requests.get(f"{self.management_url}/models/{MODEL_NAME}", timeout=5, headers=self._auth())
+            reply.raise_for_status()
+            return reply.json()[0].get("workers", [])
+        except (requests.RequestException, ValueError, IndexError, KeyError):
+            return []
+
+    def _auth(self) -> dict[str, str]:
+        if not self.token_auth:
+            return {}
+        key_file = self.run_dir / "key_file.json"
+        if not key_file.exists():
+            return {}
+        import json
+
+        return {"Authorization": f"Bearer {json.loads(key_file.read_text())['management']['key']}"}
+
+    def wait_ready(self, timeout: float = 120.0) -> list[dict]:
+        """Block until every worker is READY. /ping says Healthy even while workers crash-loop."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.pid():
+                raise ServiceError(f"TorchServe exited during start-up.\n{self.log_tail()}")
+            workers = self.workers()
+            if workers and all(w.get("status") == "READY" for w in workers):
+                return workers
+            if self.worker_stops() >= CRASH_LOOP_STOPS:
+                raise ServiceError(f"the model's worker crashed {self.worker_stops()} times while starting.\n"
+                                   f"{self.log_tail()}")
+            time.sleep(0.5)
+        raise ServiceError(f"no READY worker after {timeout:.0f} s.\n{self.log_tail()}")
+
+    def worker_stops(self) -> int:
+        """How often a worker has stopped since start (TorchServe restarts crashed workers)."""
+        log = self.log_dir / "ts_log.log"
+        return log.read_text(errors="replace").count("-> WORKER_STOPPED") if log.exists() else 0
+
+    def log_tail(self, lines: int = 30) -> str:
+        tails = []
+        for name in ("model_log.log", "ts_log.log"):
+            path = self.log_dir / name
+            if path.exists():
+                tails.append(f"--- {path} (last {lines} lines) ---\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
+        return "\n".join(tails) or f"(no logs in {self.log_dir})"
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop the frontend and its workers; True if something was running."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        try:
+            family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        except psutil.Error:
+            family = []
+        subprocess.run(["torchserve", "--stop"], cwd=self.run_dir, env=self._env(), capture_output=True)
+        _, alive = psutil.wait_procs(family, timeout=timeout)
+        for proc in alive:  # a worker that ignored the frontend's shutdown
+            proc.kill()
+        psutil.wait_procs(alive, timeout=5)
+        return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the keypoint service with TorchServe.")
+    parser.add_argument("action", choices=["archive", "start", "stop", "status"])
+    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    parser.add_argument("--inference-port", type=int, default=int(os.environ.get("INFERENCE_PORT", 8080)))
+    parser.add_argument("--management-port", type=int, default=int(os.environ.get("MANAGEMENT_PORT", 8081)))
+    parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT", 8082)))
+    parser.add_argument("--run-dir", type=Path, default=RUN_DIR, help="config, logs and pid file (default .serve/)")
+    parser.add_argument("--token-auth", action="store_true", help="require TorchServe's API keys")
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for a READY worker")
+    args = parser.parse_args(argv)
+    service = Service(run_dir=args.run_dir, host=args.host, inference_port=args.inference_port,
+                      management_port=args.management_port, metrics_port=args.metrics_port,
+                      token_auth=args.token_auth)
+    try:
+        if args.action == "archive":
+            print(f"built {build_archive()}")
+        elif args.action == "start":
+            archive = build_archive()
+            print(f"built {archive}; starting TorchServe (logs in {service.log_dir}) ...", flush=True)
+            service.start(archive)
+            workers = service.wait_ready(args.timeout)
+            print(f"ready: {len(workers)} worker(s) READY for model '{MODEL_NAME}' "
+                  f"(inference {service.inference_url}, management {service.management_url}, "
+                  f"metrics {service.metrics_url})")
+            print(f"try:  curl -T samples/face_0.png {service.inference_url}/predictions/{MODEL_NAME}")
+            print("stop: make stop")
+        elif args.action == "stop":
+            print("stopped" if service.stop() else f"no service running from {service.run_dir}")
+        else:
+            pid = service.pid()
+            print(f"running (pid {pid}), workers: {service.workers()}" if pid else "not running")
+    except ServiceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""TorchServe handler for the keypoint model: plain processing functions and a thin class."""

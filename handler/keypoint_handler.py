@@ -1,0 +1,34 @@
+"""TorchServe entry point: a thin class over handler.processing.
+
+BaseHandler loads the TorchScript file from the archive onto the GPU when TorchServe gives
+the worker one, else the CPU; everything else is a plain function in handler.processing.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+import numpy as np
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+
+from handler.processing import MAX_PIXELS, answer_batch
+
+
+class KeypointHandler(BaseHandler):
+    def initialize(self, context) -> None:
+        super().initialize(context)
+        config = getattr(context, "model_yaml_config", None) or {}
+        self.max_pixels = int(config.get("handler", {}).get("max_pixels", MAX_PIXELS))
+
+    @torch.inference_mode()
+    def run_model(self, batch: np.ndarray) -> np.ndarray:
+        return self.model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
+
+    def handle(self, data: list[dict], context) -> list[dict]:
+        replies = answer_batch(data, self.run_model, self.max_pixels)
+        for i, reply in enumerate(replies):
+            context.set_response_content_type(i, "application/json")
+            if reply.status != 200:
+                context.set_response_status(reply.status, HTTPStatus(reply.status).phrase, i)
+        return [reply.body for reply in replies]

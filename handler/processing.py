@@ -1,0 +1,187 @@
+"""Request decoding, preprocessing and postprocessing as plain functions.
+
+Nothing here imports TorchServe, so the same code serves TorchServe, the benchmarks and
+any other server the model moves to, and is unit-tested on its own.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from facekp.contract import HALF, IMAGE_SIZE, KEYPOINT_NAMES
+
+MAX_PIXELS = 40_000_000
+"""Images above this many pixels are refused from their header, before decoding."""
+
+MIN_SIDE = 8
+"""Smaller images cannot hold a face."""
+
+_SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+
+
+class RequestError(Exception):
+    """A request that cannot be answered; `status` is the HTTP code to send."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Where the model's 96x96 input lies in the image as sent.
+
+    The image is padded to a centred square (edge pixels repeated), then resized to 96x96.
+    A model pixel index p maps back to (p + 0.5) * scale - 0.5 - pad (pixel-centre convention).
+    """
+
+    width: int
+    height: int
+    scale: float
+    pad_x: float
+    pad_y: float
+
+
+def request_body(request: dict[str, Any]) -> bytes:
+    """The image bytes of one TorchServe request: a raw body or exactly one multipart file."""
+    if "body" in request or "data" in request:
+        body = request.get("body", request.get("data"))
+        if isinstance(body, (bytes, bytearray)):
+            return bytes(body)
+        if body is None or body == b"" or body == "":
+            raise RequestError(400, "empty request body: send an image, e.g. curl -T face.png URL")
+        raise RequestError(
+            415,
+            f"expected image bytes, got {type(body).__name__} (the Content-Type said text or JSON); "
+            "send the image as the raw body (curl -T face.png URL) or as a multipart file",
+        )
+    files = [v for v in request.values() if isinstance(v, (bytes, bytearray))]
+    if not files:
+        raise RequestError(400, "multipart request holds no file: attach one image")
+    if len(files) > 1:
+        raise RequestError(400, f"multipart request holds {len(files)} files: send one image per request")
+    return bytes(files[0])
+
+
+def decode_image(body: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Bytes -> 8-bit grayscale PIL image in its displayed orientation, or RequestError.
+
+    The pixel count is checked from the header before any pixel is decoded, so a
+    decompression bomb costs a few KB of reading, not gigabytes of memory.
+    """
+    if not body:
+        raise RequestError(400, "empty request body: send an image, e.g. curl -T face.png URL")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(body))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise RequestError(413, f"image too large: {err}") from None
+    except Exception as err:  # Pillow raises several types for unreadable data
+        raise RequestError(415, f"body is not a readable image ({type(err).__name__}: {err})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise RequestError(413, f"image is {width}x{height} pixels; at most {max_pixels:,} pixels are accepted")
+    if min(width, height) < MIN_SIDE:
+        raise RequestError(422, f"image is {width}x{height} pixels; each side must be at least {MIN_SIDE}")
+    if image.format == "JPEG":
+        # DCT-domain downscaling: a large JPEG decodes at a fraction of the cost, still >= 2x the model size.
+        image.draft("L", (2 * IMAGE_SIZE, 2 * IMAGE_SIZE))
+    try:
+        image = ImageOps.exif_transpose(image)
+        return _to_grayscale(image)
+    except Exception as err:
+        raise RequestError(400, f"image data is damaged ({type(err).__name__}: {err})") from None
+
+
+def _to_grayscale(image: Image.Image) -> Image.Image:
+    """Any mode (16-bit, RGBA, palette, CMYK, float) -> mode L; first frame of an animation."""
+    if image.mode == "L":
+        image.load()
+        return image
+    if image.mode in _SIXTEEN_BIT_MODES:
+        pixels = np.asarray(image, dtype=np.float32) * (255.0 / 65535.0)
+        return Image.fromarray(pixels.clip(0, 255).round().astype(np.uint8), mode="L")
+    if image.mode == "F":
+        return Image.fromarray(np.asarray(image).clip(0, 255).round().astype(np.uint8), mode="L")
+    if image.mode in ("P", "PA", "LA", "RGBA", "RGBa", "La") or "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.convert("RGB").convert("L")
+
+
+def to_model_input(image: Image.Image) -> tuple[np.ndarray, Frame]:
+    """Grayscale image -> ((1, 96, 96) float32 in [0, 1], the Frame to map keypoints back)."""
+    width, height = image.size
+    side = max(width, height)
+    pixels = np.asarray(image, dtype=np.uint8)
+    pad_x, pad_y = (side - width) // 2, (side - height) // 2
+    if width != height:
+        pixels = np.pad(pixels, ((pad_y, side - height - pad_y), (pad_x, side - width - pad_x)), mode="edge")
+    if side != IMAGE_SIZE:
+        pixels = np.asarray(Image.fromarray(pixels).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS))
+    tensor = (pixels.astype(np.float32) / 255.0)[None]
+    return tensor, Frame(width, height, side / IMAGE_SIZE, pad_x, pad_y)
+
+
+def to_image_coordinates(normalized: np.ndarray, frame: Frame) -> np.ndarray:
+    """Model output (15, 2) normalized -> (15, 2) pixel coordinates of the image as sent."""
+    model_px = np.asarray(normalized, dtype=np.float64) * HALF + HALF
+    image_px = (model_px + 0.5) * frame.scale - 0.5
+    return image_px - np.array([frame.pad_x, frame.pad_y])
+
+
+def keypoints_json(image_px: np.ndarray, frame: Frame) -> dict[str, Any]:
+    """The response body: each keypoint named, in the contract's order, in image pixels."""
+    return {
+        "keypoints": [
+            {"name": name, "x": round(float(x), 2), "y": round(float(y), 2)}
+            for name, (x, y) in zip(KEYPOINT_NAMES, image_px)
+        ],
+        "image": {"width": frame.width, "height": frame.height},
+    }
+
+
+def error_json(error: RequestError) -> dict[str, Any]:
+    return {"error": error.message, "code": error.status}
+
+
+@dataclass
+class Reply:
+    status: int
+    body: dict[str, Any]
+
+
+def prepare(request: dict[str, Any], max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, Frame]:
+    """One TorchServe request -> model input and frame, or RequestError."""
+    return to_model_input(decode_image(request_body(request), max_pixels))
+
+
+def answer_batch(
+    requests: list[dict[str, Any]],
+    run_model: Callable[[np.ndarray], np.ndarray],
+    max_pixels: int = MAX_PIXELS,
+) -> list[Reply]:
+    """Answer a server-side batch: bad requests get their own 4xx, the rest one model call."""
+    replies: list[Reply | None] = [None] * len(requests)
+    inputs, frames, slots = [], [], []
+    for i, request in enumerate(requests):
+        try:
+            tensor, frame = prepare(request, max_pixels)
+        except RequestError as err:
+            replies[i] = Reply(err.status, error_json(err))
+            continue
+        inputs.append(tensor)
+        frames.append(frame)
+        slots.append(i)
+    if inputs:
+        outputs = run_model(np.stack(inputs))
+        for slot, output, frame in zip(slots, outputs, frames):
+            replies[slot] = Reply(200, keypoints_json(to_image_coordinates(output, frame), frame))
+    return replies  # type: ignore[return-value]

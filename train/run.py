@@ -1,0 +1,225 @@
+"""Train the facial keypoint CNN and write the TorchScript model and its model card.
+
+    python train/run.py                       # the default recipe, ~20 min on 2 CPU cores
+    python train/run.py --quick --out /tmp/m  # a one-minute smoke run
+    python train/run.py --epochs 30 --head regression --data faces.csv
+
+Every setting lives in Config below; each field is also a command-line flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from facekp import data as facedata  # noqa: E402
+from facekp import metrics  # noqa: E402
+from facekp.contract import IMAGE_SIZE, KEYPOINT_NAMES, denormalize, normalize  # noqa: E402
+from train.augment import AugmentConfig, augment  # noqa: E402
+from train.model import FlipAveraged, KeypointNet, count_parameters  # noqa: E402
+
+MODEL_FILE = "keypoints.pt"
+CARD_FILE = "model_card.json"
+
+
+@dataclass
+class Config:
+    data: str = ""  # npz or Kaggle CSV; empty = $FACEKP_DATA or ../shared/data/facial_keypoints/
+    out: str = "model_store"
+    seed: int = 0
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    ema_decay: float = 0.998
+    head: str = "heatmap"  # heatmap (soft-argmax) | regression
+    widths: tuple[int, ...] = (16, 32, 96, 192)
+    blocks: tuple[int, ...] = (1, 1, 2, 2)
+    loss: str = "l1"  # l1 | mse
+    flip_tta: bool = True  # average with the mirrored pass inside the exported model
+    max_train: int = 0  # use only the first N training faces (0 = all); for smoke runs
+    threads: int = 0  # torch threads (0 = torch's default)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+QUICK = {"epochs": 3, "max_train": 1024, "widths": (8, 16, 32, 64), "blocks": (1, 1, 1, 1)}
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a run of under a minute, for tests: " + str(QUICK))
+    for f in dataclasses.fields(Config):
+        if f.name == "augment":
+            continue
+        default = f.default
+        if isinstance(default, tuple):
+            parser.add_argument(f"--{f.name}", type=int, nargs="+", default=None, help=f"default {default}")
+        elif isinstance(default, bool):
+            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None, help=f"default {default}")
+        else:
+            parser.add_argument(f"--{f.name}", type=type(default), default=None, help=f"default {default!r}")
+    for f in dataclasses.fields(AugmentConfig):
+        parser.add_argument(f"--aug-{f.name.replace('_', '-')}", dest=f"aug_{f.name}", type=float, default=None,
+                            help=f"augmentation, default {f.default}")
+    args = vars(parser.parse_args(argv))
+    cfg = Config(**(QUICK if args.pop("quick") else {}))
+    for key, value in args.items():
+        if value is None:
+            continue
+        if key.startswith("aug_"):
+            setattr(cfg.augment, key[4:], value)
+        else:
+            setattr(cfg, key, tuple(value) if isinstance(value, list) else value)
+    return cfg
+
+
+def to_tensors(faces: facedata.FaceData) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.from_numpy(faces.images).float().div_(255).unsqueeze(1)
+    return images, torch.from_numpy(normalize(faces.keypoints))
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, images: torch.Tensor, batch: int = 256) -> np.ndarray:
+    """Normalized predictions (N, 15, 2) for model in eval mode."""
+    model.eval()
+    return torch.cat([model(images[i:i + batch]) for i in range(0, len(images), batch)]).numpy()
+
+
+def keypoint_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean over labelled coordinates only: rows with missing keypoints still teach the rest."""
+    known = torch.isfinite(target)
+    diff = pred[known] - target[known]
+    return diff.abs().mean() if kind == "l1" else diff.pow(2).mean()
+
+
+def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train(cfg: Config) -> dict:
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    faces = facedata.load(cfg.data or None)
+    train_faces, val_faces = facedata.split_by_person(faces)
+    complete = facedata.complete_rows(train_faces)
+    if not complete.all():
+        print(f"{(~complete).sum()} training rows have missing keypoints; the loss masks them")
+    val_complete = facedata.complete_rows(val_faces)
+    if not val_complete.all():
+        print(f"dropping {(~val_complete).sum()} validation rows with missing keypoints from scoring")
+        val_faces = val_faces.subset(np.flatnonzero(val_complete))
+    if cfg.max_train:
+        train_faces = train_faces.subset(np.arange(min(cfg.max_train, len(train_faces))))
+    x_train, y_train = to_tensors(train_faces)
+    x_val, _ = to_tensors(val_faces)
+    print(f"data: {faces.source}: {len(train_faces)} training faces of {len(set(train_faces.people))} people, "
+          f"{len(val_faces)} validation faces of {len(set(val_faces.people))} other people")
+
+    net = KeypointNet(cfg.widths, cfg.blocks, cfg.head)
+    # EMA of the weights, its decay warming up so that early epochs are not averaged in for long.
+    ema = AveragedModel(net, use_buffers=True,
+                        avg_fn=lambda avg, new, n: avg + (new - avg) * (1 - min(cfg.ema_decay, (1 + n) / (10 + n))))
+    params = count_parameters(net)
+    print(f"model: {cfg.head} head, widths {cfg.widths}, blocks {cfg.blocks}, {params:,} parameters")
+    decay = [p for p in net.parameters() if p.ndim > 1]
+    no_decay = [p for p in net.parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+
+    history, step, start = [], 0, time.time()
+    for epoch in range(1, cfg.epochs + 1):
+        net.train()
+        order = torch.randperm(len(x_train), generator=gen)
+        losses = []
+        for i in range(0, len(order), cfg.batch_size):
+            idx = order[i:i + cfg.batch_size]
+            images, target = augment(x_train[idx], y_train[idx], cfg.augment, gen)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, total_steps, warmup, cfg.lr)
+            loss = keypoint_loss(net(images), target, cfg.loss)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            ema.update_parameters(net)
+            losses.append(loss.item())
+            step += 1
+        pred = denormalize(predict(FlipAveraged(ema.module) if cfg.flip_tta else ema.module, x_val))
+        val_score = metrics.score(pred, val_faces.keypoints)
+        elapsed = time.time() - start
+        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_score": val_score,
+                        "val_rmse_px": metrics.rmse_px(pred, val_faces.keypoints), "minutes": elapsed / 60})
+        left = elapsed / epoch * (cfg.epochs - epoch)
+        print(f"epoch {epoch:3d}/{cfg.epochs}  loss {history[-1]['train_loss']:.4f}  val score {val_score:7.1f}  "
+              f"rmse {history[-1]['val_rmse_px']:.3f}px  {elapsed / 60:5.1f} min  ~{left / 60:.1f} min left", flush=True)
+
+    final = ema.module.eval()
+    exported = FlipAveraged(final).eval() if cfg.flip_tta else final
+    pred = denormalize(predict(exported, x_val))
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    scripted = torch.jit.trace(exported, torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE))
+    scripted.save(str(out / MODEL_FILE))
+    card = {
+        "model_file": MODEL_FILE,
+        "input": "(N, 1, 96, 96) float32 grayscale in [0, 1]",
+        "output": "(N, 15, 2) normalized (x, y) = (pixel - 48) / 48, keypoints in 'keypoints' order",
+        "keypoints": list(KEYPOINT_NAMES),
+        "validation": {
+            "score": metrics.score(pred, val_faces.keypoints),
+            "rmse_px": metrics.rmse_px(pred, val_faces.keypoints),
+            "rmse_px_per_keypoint": dict(zip(KEYPOINT_NAMES, metrics.rmse_px_per_keypoint(pred, val_faces.keypoints).round(3).tolist())),
+            "faces": len(val_faces),
+            "people": len(set(val_faces.people)),
+        },
+        "parameters": params,
+        "size_bytes": (out / MODEL_FILE).stat().st_size,
+        "training_minutes": round((time.time() - start) / 60, 2),
+        "data": {"path": faces.source, "faces": len(faces), "train_faces": len(train_faces),
+                 "split": f"by person, crc32(name) % 100 < {facedata.VALIDATION_PERCENT} -> validation"},
+        "config": dataclasses.asdict(cfg),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "command": "python train/run.py " + " ".join(sys.argv[1:]),
+        "history": history,
+    }
+    (out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    print(f"saved {out / MODEL_FILE} ({card['size_bytes'] / 1e6:.1f} MB) and {out / CARD_FILE}: "
+          f"validation score {card['validation']['score']:.1f}, rmse {card['validation']['rmse_px']:.3f} px, "
+          f"{card['training_minutes']:.1f} min")
+    return card
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    try:
+        train(cfg)
+    except facedata.DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
