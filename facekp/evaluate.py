@@ -25,7 +25,7 @@ from PIL import Image
 
 from facekp import data as facedata
 from facekp import metrics
-from facekp.contract import IMAGE_SIZE, KEYPOINT_NAMES, normalize
+from facekp.contract import IMAGE_SIZE, KEYPOINT_NAMES
 
 
 def encode_face(pixels: np.ndarray, fmt: str = "png", size: int = IMAGE_SIZE, quality: int = 95) -> bytes:
@@ -105,7 +105,7 @@ def report(pred_96: np.ndarray, true_96: np.ndarray) -> dict:
     return {
         "score": metrics.score(pred, true) if ok.any() else 0.0,
         "rmse_px": metrics.rmse_px(pred, true) if ok.any() else float("nan"),
-        "rmse_px_per_keypoint": dict(zip(KEYPOINT_NAMES, metrics.rmse_px_per_keypoint(pred, true).round(3).tolist())),
+        "rmse_px_per_keypoint": metrics.rmse_px_by_name(pred, true),
         "scored": int(ok.sum()),
     }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from facekp.contract import HALF
+from facekp.contract import HALF, KEYPOINT_NAMES
 
 
 def per_image_mse(pred_px: np.ndarray, true_px: np.ndarray) -> np.ndarray:
@@ -22,6 +22,11 @@ def rmse_px(pred_px: np.ndarray, true_px: np.ndarray) -> float:
     """Root mean squared error per coordinate, in 96x96 pixels (score = 1152 / rmse_px**2)."""
     diff = np.asarray(pred_px, np.float64) - np.asarray(true_px, np.float64)
     return float(np.sqrt((diff**2).mean()))
+
+
+def rmse_px_by_name(pred_px: np.ndarray, true_px: np.ndarray) -> dict[str, float]:
+    """RMSE per keypoint in pixels, keyed by keypoint name, for reports and model cards."""
+    return dict(zip(KEYPOINT_NAMES, rmse_px_per_keypoint(pred_px, true_px).round(3).tolist(), strict=True))
 
 
 def rmse_px_per_keypoint(pred_px: np.ndarray, true_px: np.ndarray) -> np.ndarray:

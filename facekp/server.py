@@ -74,7 +74,7 @@ def _check_torchscript(model_file: Path) -> None:
         torch.jit.load(str(model_file), map_location="cpu")
     except Exception as err:
         raise ServiceError(f"model file {model_file} is not a loadable TorchScript model ({err}); "
-                           "retrain with `python train/run.py` or restore it with `git checkout model_store/`") from None
+                           "retrain: `python train/run.py`, or restore: `git checkout model_store/`") from None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -103,6 +103,8 @@ class Service:
     inference_port: int = 8080
     management_port: int = 8081
     metrics_port: int = 8082
+    grpc_inference_port: int = 7070
+    grpc_management_port: int = 7071
     token_auth: bool = False
     config: Path = SHIPPED_CONFIG
     extra_config: dict[str, str] = field(default_factory=dict)
@@ -131,10 +133,13 @@ class Service:
 
     def _write_config(self) -> Path:
         lines = [line for line in self.config.read_text().splitlines()
-                 if not line.startswith(("inference_address", "management_address", "metrics_address",
+                 if not line.startswith(("inference_address", "management_address", "metrics_address", "grpc_",
                                          "disable_token_authorization", *self.extra_config))]
         lines += [f"inference_address={self.inference_url}", f"management_address={self.management_url}",
                   f"metrics_address={self.metrics_url}",
+                  # TorchServe always opens its gRPC ports too: keep them on this host and out of the way.
+                  f"grpc_inference_address={self.host}", f"grpc_inference_port={self.grpc_inference_port}",
+                  f"grpc_management_address={self.host}", f"grpc_management_port={self.grpc_management_port}",
                   f"disable_token_authorization={'false' if self.token_auth else 'true'}"]
         lines += [f"{key}={value}" for key, value in self.extra_config.items()]
         path = self.run_dir / "config.properties"
@@ -159,7 +164,8 @@ class Service:
             raise ServiceError(f"the service in {self.run_dir} is already running (pid {self.pid()}): "
                                "stop it first with `make stop`")
         for name, port in [("inference", self.inference_port), ("management", self.management_port),
-                           ("metrics", self.metrics_port)]:
+                           ("metrics", self.metrics_port), ("grpc_inference", self.grpc_inference_port),
+                           ("grpc_management", self.grpc_management_port)]:
             if port_in_use(self.host, port):
                 raise ServiceError(f"{name} port {self.host}:{port} is already in use by another program; "
                                    f"free it or pick another port (e.g. make serve {name.upper()}_PORT=...)")
@@ -174,7 +180,8 @@ class Service:
         # Not a pipe: the frontend inherits the launcher's stdout and would hold a pipe open forever.
         console = self.run_dir / "torchserve.out"
         with open(console, "w") as out:
-            code = subprocess.run(cmd, cwd=self.run_dir, env=self._env(), stdout=out, stderr=subprocess.STDOUT).returncode
+            code = subprocess.run(cmd, cwd=self.run_dir, env=self._env(), stdout=out,
+                                  stderr=subprocess.STDOUT).returncode
         said = console.read_text(errors="replace")
         if code or "already running" in said:
             raise ServiceError(f"torchserve did not start:\n{said}")
@@ -223,7 +230,8 @@ class Service:
         for name in ("model_log.log", "ts_log.log"):
             path = self.log_dir / name
             if path.exists():
-                tails.append(f"--- {path} (last {lines} lines) ---\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
+                text = "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+                tails.append(f"--- {path} (last {lines} lines) ---\n{text}")
         return "\n".join(tails) or f"(no logs in {self.log_dir})"
 
     def stop(self, timeout: float = 30.0) -> bool:
@@ -250,12 +258,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inference-port", type=int, default=int(os.environ.get("INFERENCE_PORT", 8080)))
     parser.add_argument("--management-port", type=int, default=int(os.environ.get("MANAGEMENT_PORT", 8081)))
     parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT", 8082)))
+    parser.add_argument("--grpc-inference-port", type=int, default=int(os.environ.get("GRPC_INFERENCE_PORT", 7070)))
+    parser.add_argument("--grpc-management-port", type=int, default=int(os.environ.get("GRPC_MANAGEMENT_PORT", 7071)))
     parser.add_argument("--run-dir", type=Path, default=RUN_DIR, help="config, logs and pid file (default .serve/)")
     parser.add_argument("--token-auth", action="store_true", help="require TorchServe's API keys")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for a READY worker")
     args = parser.parse_args(argv)
     service = Service(run_dir=args.run_dir, host=args.host, inference_port=args.inference_port,
                       management_port=args.management_port, metrics_port=args.metrics_port,
+                      grpc_inference_port=args.grpc_inference_port, grpc_management_port=args.grpc_management_port,
                       token_auth=args.token_auth)
     try:
         if args.action == "archive":

@@ -6,6 +6,7 @@ the worker one, else the CPU; everything else is a plain function in handler.pro
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 
 import numpy as np
@@ -13,6 +14,8 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from handler.processing import MAX_PIXELS, answer_batch
+
+logger = logging.getLogger(__name__)
 
 
 class KeypointHandler(BaseHandler):
@@ -27,6 +30,8 @@ class KeypointHandler(BaseHandler):
 
     def handle(self, data: list[dict], context) -> list[dict]:
         replies = answer_batch(data, self.run_model, self.max_pixels)
+        refused = sum(reply.status != 200 for reply in replies)
+        logger.info("batch of %d: %d answered, %d refused", len(replies), len(replies) - refused, refused)
         for i, reply in enumerate(replies):
             context.set_response_content_type(i, "application/json")
             if reply.status != 200:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -83,7 +84,7 @@ def decode_image(body: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(body))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise RequestError(413, f"image too large: {err}") from None
+        raise RequestError(413, f"image too large ({err}); at most {max_pixels:,} pixels are accepted") from None
     except Exception as err:  # Pillow raises several types for unreadable data
         raise RequestError(415, f"body is not a readable image ({type(err).__name__}: {err})") from None
     width, height = image.size
@@ -142,7 +143,7 @@ def keypoints_json(image_px: np.ndarray, frame: Frame) -> dict[str, Any]:
     return {
         "keypoints": [
             {"name": name, "x": round(float(x), 2), "y": round(float(y), 2)}
-            for name, (x, y) in zip(KEYPOINT_NAMES, image_px)
+            for name, (x, y) in zip(KEYPOINT_NAMES, image_px, strict=True)
         ],
         "image": {"width": frame.width, "height": frame.height},
     }
@@ -182,6 +183,6 @@ def answer_batch(
         slots.append(i)
     if inputs:
         outputs = run_model(np.stack(inputs))
-        for slot, output, frame in zip(slots, outputs, frames):
+        for slot, output, frame in zip(slots, outputs, frames, strict=True):
             replies[slot] = Reply(200, keypoints_json(to_image_coordinates(output, frame), frame))
     return replies  # type: ignore[return-value]

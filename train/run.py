@@ -68,7 +68,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         if isinstance(default, tuple):
             parser.add_argument(f"--{f.name}", type=int, nargs="+", default=None, help=f"default {default}")
         elif isinstance(default, bool):
-            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None, help=f"default {default}")
+            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None,
+                                help=f"default {default}")
         else:
             parser.add_argument(f"--{f.name}", type=type(default), default=None, help=f"default {default!r}")
     for f in dataclasses.fields(AugmentConfig):
@@ -172,7 +173,8 @@ def train(cfg: Config) -> dict:
                         "val_rmse_px": metrics.rmse_px(pred, val_faces.keypoints), "minutes": elapsed / 60})
         left = elapsed / epoch * (cfg.epochs - epoch)
         print(f"epoch {epoch:3d}/{cfg.epochs}  loss {history[-1]['train_loss']:.4f}  val score {val_score:7.1f}  "
-              f"rmse {history[-1]['val_rmse_px']:.3f}px  {elapsed / 60:5.1f} min  ~{left / 60:.1f} min left", flush=True)
+              f"rmse {history[-1]['val_rmse_px']:.3f}px  {elapsed / 60:5.1f} min  ~{left / 60:.1f} min left",
+              flush=True)
 
     final = ema.module.eval()
     exported = FlipAveraged(final).eval() if cfg.flip_tta else final
@@ -189,7 +191,7 @@ def train(cfg: Config) -> dict:
         "validation": {
             "score": metrics.score(pred, val_faces.keypoints),
             "rmse_px": metrics.rmse_px(pred, val_faces.keypoints),
-            "rmse_px_per_keypoint": dict(zip(KEYPOINT_NAMES, metrics.rmse_px_per_keypoint(pred, val_faces.keypoints).round(3).tolist())),
+            "rmse_px_per_keypoint": metrics.rmse_px_by_name(pred, val_faces.keypoints),
             "faces": len(val_faces),
             "people": len(set(val_faces.people)),
         },

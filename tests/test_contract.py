@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+
+from facekp import metrics
+from facekp.contract import FLIP_PERMUTATION, KEYPOINT_NAMES, MIRROR_X_SHIFT, denormalize, normalize
+
+
+def test_flip_permutation_swaps_left_and_right_and_is_an_involution():
+    names = [KEYPOINT_NAMES[i] for i in FLIP_PERMUTATION]
+    assert names[KEYPOINT_NAMES.index("mouth_left_corner")] == "mouth_right_corner"
+    assert names[KEYPOINT_NAMES.index("left_eyebrow_outer_end")] == "right_eyebrow_outer_end"
+    assert names[KEYPOINT_NAMES.index("nose_tip")] == "nose_tip"
+    assert [FLIP_PERMUTATION[i] for i in FLIP_PERMUTATION] == list(range(15))
+
+
+def test_mirror_shift_matches_pixel_flip():
+    x = np.array([0.0, 10.0, 47.5, 95.0])
+    flipped_px = 95.0 - x
+    assert np.allclose(-normalize(x) + MIRROR_X_SHIFT, normalize(flipped_px))
+
+
+def test_normalize_round_trip_and_centre():
+    px = np.array([[0.0, 48.0], [96.0, 24.0]])
+    assert np.allclose(normalize(px), [[-1, 0], [1, -0.5]])
+    assert np.allclose(denormalize(normalize(px)), px)
+
+
+def test_score_matches_definition():
+    rng = np.random.default_rng(0)
+    true = rng.uniform(0, 95, (5, 15, 2))
+    pred = true + 2.0  # every coordinate off by 2 px
+    mse = (2.0 / 48) ** 2
+    assert metrics.score(pred, true) == pytest.approx(1 / (2 * mse))
+    assert metrics.rmse_px(pred, true) == pytest.approx(2.0)
+    assert metrics.score(pred, true) == pytest.approx(1152 / 2.0**2)
+    assert np.allclose(metrics.rmse_px_per_keypoint(pred, true), 2.0)
+
+
+def test_score_is_mean_of_per_image_mse():
+    true = np.zeros((2, 15, 2))
+    pred = np.zeros((2, 15, 2))
+    pred[0] += 4.8  # image 0: normalized error 0.1 everywhere; image 1 perfect
+    assert metrics.score(pred, true) == pytest.approx(1 / (2 * (0.01 + 0) / 2))

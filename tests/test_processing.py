@@ -1,0 +1,151 @@
+"""The handler's plain functions, without TorchServe: decoding, preprocessing, mapping back."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facekp.contract import IMAGE_SIZE, KEYPOINT_NAMES, normalize
+from handler import processing
+from handler.processing import RequestError
+
+
+def encode(image: Image.Image, fmt: str, **kw) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kw)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def face(face_pixels) -> Image.Image:
+    return Image.fromarray(face_pixels, mode="L")
+
+
+def test_png_96_is_passed_through_exactly(face, face_pixels):
+    tensor, frame = processing.prepare({"body": encode(face, "PNG")})
+    assert tensor.shape == (1, IMAGE_SIZE, IMAGE_SIZE) and tensor.dtype == np.float32
+    assert np.array_equal((tensor[0] * 255).round().astype(np.uint8), face_pixels)
+    assert frame.scale == 1.0
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "LA", "CMYK", "I;16", "1"])
+def test_any_mode_decodes_to_gray_in_range(face, mode):
+    image = face.convert(mode) if mode != "I;16" else Image.fromarray(np.asarray(face, np.uint16) * 257)
+    fmt = "JPEG" if mode == "CMYK" else "PNG" if mode != "1" else "BMP"
+    tensor, _ = processing.prepare({"body": encode(image, fmt)})
+    assert tensor.shape == (1, 96, 96)
+    assert 0.0 <= tensor.min() and tensor.max() <= 1.0
+    if mode in ("RGB", "RGBA", "I;16", "LA"):
+        assert np.abs(tensor[0] - np.asarray(face) / 255).max() < 2 / 255
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "BMP", "GIF", "WEBP", "TIFF"])
+def test_common_formats(face, fmt):
+    tensor, _ = processing.prepare({"body": encode(face, fmt)})
+    assert tensor.shape == (1, 96, 96)
+
+
+def test_coordinates_scale_back_to_the_image_as_sent(face):
+    big = face.resize((192, 192), Image.Resampling.LANCZOS)
+    _, frame = processing.prepare({"body": encode(big, "PNG")})
+    assert frame.scale == 2.0
+    # the model's pixel 10 covers pixels 20..21 of the 192 image: centre 20.5
+    pts = processing.to_image_coordinates(normalize(np.full((15, 2), 10.0)), frame)
+    assert np.allclose(pts, 20.5)
+
+
+def test_non_square_is_padded_centred(face):
+    wide = Image.new("L", (192, 96))
+    wide.paste(face.resize((96, 96)), (48, 0))
+    tensor, frame = processing.prepare({"body": encode(wide, "PNG")})
+    assert (frame.width, frame.height, frame.scale, frame.pad_x, frame.pad_y) == (192, 96, 2.0, 0, 48)
+    pts = processing.to_image_coordinates(normalize(np.full((15, 2), 47.75)), frame)
+    assert np.allclose(pts, [96.0, 48.0])
+
+
+def test_exif_rotation_is_applied(face):
+    rotated = face.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display" undoes ROTATE_90 (counter-clockwise)
+    tensor, _ = processing.prepare({"body": encode(rotated, "JPEG", exif=exif, quality=95)})
+    assert np.abs(tensor[0] * 255 - np.asarray(face, np.float32)).mean() < 6
+
+
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        (b"", 400, "empty"),
+        (b"hello, this is text", 415, "not a readable image"),
+        (bytes(range(256)) * 4, 415, "not a readable image"),
+    ],
+)
+def test_unreadable_bodies(body, status, words):
+    with pytest.raises(RequestError) as err:
+        processing.prepare({"body": body})
+    assert err.value.status == status and words in err.value.message
+
+
+def test_truncated_png_and_jpeg(face):
+    for fmt in ("PNG", "JPEG"):
+        data = encode(face.resize((400, 400)), fmt)
+        with pytest.raises(RequestError) as err:
+            processing.prepare({"body": data[: len(data) // 2]})
+        assert 400 <= err.value.status < 500
+
+
+def test_large_image_refused_from_header_before_decoding():
+    big = encode(Image.new("1", (9000, 9000)), "PNG")  # 81 MP: under Pillow's own bomb limit
+    with pytest.raises(RequestError) as err:
+        processing.decode_image(big, max_pixels=40_000_000)
+    assert err.value.status == 413 and "9000x9000" in err.value.message
+
+
+def test_tiny_image_is_refused():
+    with pytest.raises(RequestError) as err:
+        processing.prepare({"body": encode(Image.new("L", (1, 1)), "PNG")})
+    assert err.value.status == 422 and "1x1" in err.value.message
+
+
+def test_decompression_bomb_refused_from_header():
+    bomb = encode(Image.new("1", (30000, 30000)), "PNG")
+    assert len(bomb) < 200_000
+    with pytest.raises(RequestError) as err:
+        processing.prepare({"body": bomb})
+    assert err.value.status == 413 and "900000000 pixels" in err.value.message
+
+
+def test_multipart_needs_exactly_one_file(face):
+    png = encode(face, "PNG")
+    assert processing.request_body({"file": png, "note": "hi"}) == png
+    with pytest.raises(RequestError, match="no file"):
+        processing.request_body({"note": "hi"})
+    with pytest.raises(RequestError, match="2 files"):
+        processing.request_body({"a": png, "b": png})
+
+
+def test_json_body_is_refused_clearly():
+    with pytest.raises(RequestError) as err:
+        processing.request_body({"body": {"x": 1}})
+    assert err.value.status == 415
+
+
+def test_batch_answers_good_and_bad_requests_separately(face):
+    good = {"body": encode(face, "PNG")}
+    calls = []
+
+    def model(batch):
+        calls.append(batch.shape)
+        return np.zeros((len(batch), 15, 2), np.float32)
+
+    replies = processing.answer_batch([good, {"body": b"junk"}, good], model)
+    assert calls == [(2, 1, 96, 96)]
+    assert [r.status for r in replies] == [200, 415, 200]
+    assert [k["name"] for k in replies[0].body["keypoints"]] == list(KEYPOINT_NAMES)
+    assert replies[0].body["keypoints"][0]["x"] == pytest.approx(48.0)  # normalized 0 -> pixel 48
+    assert "error" in replies[1].body
+
+
+def test_all_bad_batch_does_not_call_model():
+    replies = processing.answer_batch([{"body": b""}], lambda b: pytest.fail("model called"))
+    assert replies[0].status == 400

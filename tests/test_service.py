@@ -1,0 +1,140 @@
+"""Integration: build the .mar, run a real TorchServe on free loopback ports with batching on,
+send real faces over HTTP, then stop it and check nothing is left running."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import psutil
+import pytest
+import requests
+import torch
+from PIL import Image
+
+from facekp import evaluate, metrics
+from facekp.contract import KEYPOINT_NAMES, denormalize
+from facekp.server import MODEL_FILE, Service, build_archive, free_port, port_in_use
+
+BATCH = 8
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    root = tmp_path_factory.mktemp("torchserve")
+    config = root / "model-config.yaml"
+    # A long batch delay so that concurrent requests of a test reliably share a batch.
+    config.write_text(f"minWorkers: 1\nmaxWorkers: 1\nbatchSize: {BATCH}\nmaxBatchDelay: 300\nresponseTimeout: 60\n")
+    archive = build_archive(MODEL_FILE, root / "store", config)
+    svc = Service(run_dir=root / "run", model_store=root / "store", inference_port=free_port(),
+                  management_port=free_port(), metrics_port=free_port(), grpc_inference_port=free_port(),
+                  grpc_management_port=free_port())
+    svc.start(archive)
+    try:
+        svc.wait_ready(timeout=180)
+        yield svc
+    finally:
+        svc.stop()
+
+
+def png(pixels: np.ndarray, size: int = 96, fmt: str = "PNG") -> bytes:
+    image = Image.fromarray(pixels, mode="L")
+    if size != 96:
+        image = image.resize((size, size), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def points(reply: requests.Response) -> np.ndarray:
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert [k["name"] for k in body["keypoints"]] == list(KEYPOINT_NAMES)
+    return np.array([[k["x"], k["y"]] for k in body["keypoints"]])
+
+
+def url(svc: Service) -> str:
+    return f"{svc.inference_url}/predictions/keypoints"
+
+
+def test_raw_body_like_curl_upload(service, validation_faces):
+    """curl -T sends a PUT with no Content-Type."""
+    face = validation_faces.images[0]
+    got = points(requests.put(url(service), data=png(face), timeout=30))
+    assert got.shape == (15, 2)
+    assert np.sqrt(((got - validation_faces.keypoints[0]) ** 2).mean()) < 6  # a trained model, roughly right
+
+
+def test_jpeg_192_answers_in_its_own_pixels(service, validation_faces):
+    face = validation_faces.images[1]
+    small = points(requests.post(url(service), data=png(face), headers={"Content-Type": "image/png"}, timeout=30))
+    big = points(requests.post(url(service), data=png(face, 192, "JPEG"), headers={"Content-Type": "image/jpeg"},
+                               timeout=30))
+    assert (big >= 0).all() and (big <= 191).all()
+    assert np.abs((big + 0.5) / 2 - 0.5 - small).max() < 2.0
+
+
+def test_multipart_upload(service, validation_faces):
+    face = png(validation_faces.images[2])
+    raw = points(requests.post(url(service), data=face, headers={"Content-Type": "image/png"}, timeout=30))
+    form = points(requests.post(url(service), files={"data": ("face.png", face, "image/png")}, timeout=30))
+    assert np.allclose(raw, form, atol=0.02)
+
+
+def test_concurrent_requests_batch_and_a_bad_one_fails_alone(service, validation_faces):
+    bodies = [png(validation_faces.images[i]) for i in range(BATCH - 1)]
+    bodies.insert(3, b"this is not an image")
+    pid_before = [w["pid"] for w in service.workers()]
+
+    def send(body: bytes) -> requests.Response:
+        return requests.post(url(service), data=body, headers={"Content-Type": "application/octet-stream"}, timeout=60)
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        replies = list(pool.map(send, bodies))
+    assert [r.status_code for r in replies] == [200, 200, 200, 415, 200, 200, 200, 200]
+    assert "not a readable image" in replies[3].json()["error"]
+    singles = [points(send(b)) for b in bodies[:2]]
+    assert np.allclose(points(replies[0]), singles[0], atol=0.05)
+    assert np.allclose(points(replies[1]), singles[1], atol=0.05)
+
+    log = (service.log_dir / "model_log.log").read_text()
+    sizes = [int(n) for n in re.findall(r"batch of (\d+)", log)]
+    assert max(sizes) > 1, f"requests were never batched: {sizes}"
+    assert [w["pid"] for w in service.workers()] == pid_before, "a bad request restarted the worker"
+
+
+def test_errors_are_json_4xx(service):
+    empty = requests.post(url(service), data=b"", headers={"Content-Type": "image/png"}, timeout=30)
+    assert 400 <= empty.status_code < 500 and "error" in empty.json()
+    tiny = requests.post(url(service), data=png(np.zeros((1, 1), np.uint8), 1), headers={"Content-Type": "image/png"},
+                         timeout=30)
+    assert tiny.status_code == 422 and "1x1" in tiny.json()["error"]
+
+
+def test_http_score_equals_in_process_score(service, validation_faces, tmp_path):
+    n = 64
+    report = tmp_path / "report.json"
+    code = evaluate.main(["--url", service.inference_url, "--split", "validation", "--limit", str(n),
+                          "--concurrency", "4", "--json", str(report)])
+    assert code == 0
+    over_http = json.loads(report.read_text())
+    model = torch.jit.load(str(MODEL_FILE))
+    with torch.inference_mode():
+        pred = model(torch.from_numpy(validation_faces.images[:n]).float().div(255).unsqueeze(1)).numpy()
+    in_process = metrics.score(denormalize(pred), validation_faces.keypoints[:n])
+    assert over_http["faces"] == n and over_http["failed"] == 0
+    assert over_http["score"] == pytest.approx(in_process, rel=1e-3)
+
+
+def test_stop_leaves_nothing_running(service):
+    pid = service.pid()
+    family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    assert len(family) >= 2  # frontend and at least one worker
+    assert service.stop()
+    assert service.pid() is None
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family)
+    for port in (service.inference_port, service.management_port, service.metrics_port):
+        assert not port_in_use(service.host, port)
