@@ -21,8 +21,10 @@ logger = logging.getLogger(__name__)
 class KeypointHandler(BaseHandler):
     def initialize(self, context) -> None:
         super().initialize(context)
-        config = getattr(context, "model_yaml_config", None) or {}
-        self.max_pixels = int(config.get("handler", {}).get("max_pixels", MAX_PIXELS))
+        settings = (getattr(context, "model_yaml_config", None) or {}).get("handler", {})
+        self.max_pixels = int(settings.get("max_pixels", MAX_PIXELS))
+        if settings.get("torch_threads"):  # intra-op threads per worker; see docs/performance.md
+            torch.set_num_threads(int(settings["torch_threads"]))
 
     @torch.inference_mode()
     def run_model(self, batch: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from facekp.data import REPO_ROOT
-from train.model import FlipAveraged, KeypointNet
+from train.model import KeypointNet, ServingModel
 
 
 def test_quick_training_writes_a_standalone_torchscript_model(tmp_path):
@@ -34,7 +34,7 @@ def test_quick_training_writes_a_standalone_torchscript_model(tmp_path):
 
 def test_flip_averaging_is_mirror_consistent():
     torch.manual_seed(0)
-    model = FlipAveraged(KeypointNet((4, 8, 8, 8), (1, 1, 1, 1))).eval()
+    model = ServingModel(KeypointNet((4, 8, 8, 8), (1, 1, 1, 1), extra_points=68)).eval()
     x = torch.rand(2, 1, 96, 96)
     with torch.no_grad():
         direct, mirrored = model(x), model(x.flip(-1))

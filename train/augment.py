@@ -19,6 +19,21 @@ from facekp.contract import FLIP_PERMUTATION, HALF, MIRROR_X_SHIFT
 _GRID_OFFSET = 0.5 / HALF
 
 
+def _ibug68_mirror() -> list[int]:
+    """Mirror permutation of the 68-point iBUG layout (jaw, brows, nose, eyes, mouth)."""
+    pairs = [(i, 16 - i) for i in range(8)] + [(17 + i, 26 - i) for i in range(5)] + [(31, 35), (32, 34)]
+    pairs += [(36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46)]
+    pairs += [(48, 54), (49, 53), (50, 52), (55, 59), (56, 58), (60, 64), (61, 63), (65, 67)]
+    perm = list(range(68))
+    for a, b in pairs:
+        perm[a], perm[b] = b, a
+    return perm
+
+
+MIRROR_15_68 = list(FLIP_PERMUTATION) + [len(FLIP_PERMUTATION) + i for i in _ibug68_mirror()]
+"""Mirror permutation of the 15 contract keypoints followed by the 68 auxiliary points."""
+
+
 @dataclass
 class AugmentConfig:
     flip: float = 0.5  # probability of a mirror image (left/right keypoints swapped)
@@ -34,7 +49,7 @@ class AugmentConfig:
 
 def augment(images: torch.Tensor, keypoints: torch.Tensor, cfg: AugmentConfig,
             gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """images (N,1,96,96) in [0,1], keypoints (N,15,2) normalized -> augmented copies."""
+    """images (N,1,96,96) in [0,1], keypoints (N,15,2) or (N,15+68,2) normalized -> augmented."""
     n = images.shape[0]
     kp = keypoints.clone()
 
@@ -42,7 +57,8 @@ def augment(images: torch.Tensor, keypoints: torch.Tensor, cfg: AugmentConfig,
     if flip.any():
         images = images.clone()
         images[flip] = images[flip].flip(-1)
-        kp[flip] = kp[flip][:, list(FLIP_PERMUTATION)] * torch.tensor([-1.0, 1.0]) + torch.tensor([MIRROR_X_SHIFT, 0.0])
+        mirrored = kp[flip][:, MIRROR_15_68[: kp.shape[1]]]
+        kp[flip] = mirrored * torch.tensor([-1.0, 1.0]) + torch.tensor([MIRROR_X_SHIFT, 0.0])
 
     angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(cfg.rotate_deg)
     scale = torch.exp(torch.randn(n, generator=gen) * cfg.scale_sigma)

@@ -45,12 +45,16 @@ def stage(cin: int, cout: int, blocks: int, stride: int) -> nn.Sequential:
 
 
 class KeypointNet(nn.Module):
-    """(N, 1, 96, 96) in [0, 1] -> (N, 15, 2) normalized (x, y)."""
+    """(N, 1, 96, 96) in [0, 1] -> (N, 15 + extra_points, 2) normalized (x, y).
+
+    extra_points > 0 adds auxiliary targets (the 68-point labels) that share the trunk.
+    """
 
     def __init__(self, widths: tuple[int, ...] = (24, 48, 96, 192), blocks: tuple[int, ...] = (1, 1, 2, 2),
-                 head: str = "heatmap", dropout: float = 0.1):
+                 head: str = "heatmap", extra_points: int = 0, dropout: float = 0.1):
         super().__init__()
         self.head_kind = head
+        self.points = NUM_KEYPOINTS + extra_points
         self.stem = conv_bn(1, widths[0], stride=2)  # 48x48
         self.stage1 = stage(widths[0], widths[0], blocks[0], 1)  # 48x48
         self.stage2 = stage(widths[0], widths[1], blocks[1], 2)  # 24x24
@@ -61,7 +65,7 @@ class KeypointNet(nn.Module):
             self.lateral3 = nn.Conv2d(widths[2], mid, 1)
             self.lateral4 = nn.Conv2d(widths[3], mid, 1)
             self.fuse = nn.Sequential(conv_bn(mid, mid), conv_bn(mid, mid))
-            self.heatmaps = nn.Conv2d(mid, NUM_KEYPOINTS, 3, 1, 1)
+            self.heatmaps = nn.Conv2d(mid, self.points, 3, 1, 1)
             size = IMAGE_SIZE // 4
             # Centres of the 24x24 heatmap cells, in normalized image coordinates.
             centres = (torch.arange(size, dtype=torch.float32) + 0.5) * (IMAGE_SIZE / size)
@@ -70,7 +74,7 @@ class KeypointNet(nn.Module):
             self.regress = nn.Sequential(
                 nn.Conv2d(widths[3], 64, 1), nn.ReLU(inplace=True), nn.Flatten(),
                 nn.Dropout(dropout), nn.Linear(64 * 6 * 6, 256), nn.ReLU(inplace=True),
-                nn.Linear(256, NUM_KEYPOINTS * 2),
+                nn.Linear(256, self.points * 2),
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -79,29 +83,36 @@ class KeypointNet(nn.Module):
         c3 = self.stage3(c2)
         c4 = self.stage4(c3)
         if self.head_kind != "heatmap":
-            return self.regress(c4).view(-1, NUM_KEYPOINTS, 2)
+            return self.regress(c4).view(-1, self.points, 2)
         size = c2.shape[-1]
         p = c2 + F.interpolate(self.lateral3(c3), size=size, mode="bilinear", align_corners=False)
         p = p + F.interpolate(self.lateral4(c4), size=size, mode="bilinear", align_corners=False)
-        logits = self.heatmaps(self.fuse(p))  # (N, 15, 24, 24)
+        logits = self.heatmaps(self.fuse(p))  # (N, points, 24, 24)
         prob = logits.flatten(2).softmax(-1).view_as(logits)
         xs = (prob.sum(2) * self.grid).sum(-1)
         ys = (prob.sum(3) * self.grid).sum(-1)
         return torch.stack([xs, ys], dim=-1)
 
 
-class FlipAveraged(nn.Module):
-    """Test-time augmentation inside the exported model: average with the mirrored pass."""
+class ServingModel(nn.Module):
+    """What is exported: the 15 contract keypoints, optionally averaged with the mirrored pass.
 
-    def __init__(self, net: nn.Module):
+    The flip test-time augmentation lives inside the TorchScript file, so the served score
+    is the score measured in training.
+    """
+
+    def __init__(self, net: nn.Module, flip: bool = True):
         super().__init__()
         self.net = net
+        self.flip = flip
         self.register_buffer("perm", torch.tensor(FLIP_PERMUTATION, dtype=torch.long))
         self.register_buffer("mirror", torch.tensor([-1.0, 1.0]))
         self.register_buffer("shift", torch.tensor([MIRROR_X_SHIFT, 0.0]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        both = self.net(torch.cat([x, x.flip(-1)]))
+        if not self.flip:
+            return self.net(x)[:, :NUM_KEYPOINTS]
+        both = self.net(torch.cat([x, x.flip(-1)]))[:, :NUM_KEYPOINTS]
         direct, flipped = both.chunk(2)
         return 0.5 * (direct + flipped[:, self.perm] * self.mirror + self.shift)
 

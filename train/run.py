@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from facekp import data as facedata  # noqa: E402
 from facekp import metrics  # noqa: E402
-from facekp.contract import IMAGE_SIZE, KEYPOINT_NAMES, denormalize, normalize  # noqa: E402
+from facekp.contract import IMAGE_SIZE, KEYPOINT_NAMES, NUM_KEYPOINTS, denormalize, normalize  # noqa: E402
 from train.augment import AugmentConfig, augment  # noqa: E402
-from train.model import FlipAveraged, KeypointNet, count_parameters  # noqa: E402
+from train.model import KeypointNet, ServingModel, count_parameters  # noqa: E402
 
 MODEL_FILE = "keypoints.pt"
 CARD_FILE = "model_card.json"
@@ -49,6 +49,7 @@ class Config:
     widths: tuple[int, ...] = (16, 32, 96, 192)
     blocks: tuple[int, ...] = (1, 1, 2, 2)
     loss: str = "l1"  # l1 | mse
+    aux68: float = 0.0  # weight of the 68-point labels as auxiliary targets (0 = off)
     flip_tta: bool = True  # average with the mirrored pass inside the exported model
     max_train: int = 0  # use only the first N training faces (0 = all); for smoke runs
     threads: int = 0  # torch threads (0 = torch's default)
@@ -87,9 +88,13 @@ def parse_args(argv: list[str] | None = None) -> Config:
     return cfg
 
 
-def to_tensors(faces: facedata.FaceData) -> tuple[torch.Tensor, torch.Tensor]:
+def to_tensors(faces: facedata.FaceData, aux68: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N,1,96,96) in [0,1]; targets (N,15,2), or (N,15+68,2) with the auxiliary points."""
     images = torch.from_numpy(faces.images).float().div_(255).unsqueeze(1)
-    return images, torch.from_numpy(normalize(faces.keypoints))
+    points = faces.keypoints
+    if aux68:
+        points = np.concatenate([points, faces.keypoints68], axis=1)
+    return images, torch.from_numpy(normalize(points))
 
 
 @torch.inference_mode()
@@ -130,12 +135,16 @@ def train(cfg: Config) -> dict:
         val_faces = val_faces.subset(np.flatnonzero(val_complete))
     if cfg.max_train:
         train_faces = train_faces.subset(np.arange(min(cfg.max_train, len(train_faces))))
-    x_train, y_train = to_tensors(train_faces)
+    use_aux = cfg.aux68 > 0
+    if use_aux and train_faces.keypoints68 is None:
+        print("the data has no keypoints68: training without the auxiliary targets")
+        use_aux = False
+    x_train, y_train = to_tensors(train_faces, use_aux)
     x_val, _ = to_tensors(val_faces)
     print(f"data: {faces.source}: {len(train_faces)} training faces of {len(set(train_faces.people))} people, "
           f"{len(val_faces)} validation faces of {len(set(val_faces.people))} other people")
 
-    net = KeypointNet(cfg.widths, cfg.blocks, cfg.head)
+    net = KeypointNet(cfg.widths, cfg.blocks, cfg.head, extra_points=68 if use_aux else 0)
     # EMA of the weights, its decay warming up so that early epochs are not averaged in for long.
     ema = AveragedModel(net, use_buffers=True,
                         avg_fn=lambda avg, new, n: avg + (new - avg) * (1 - min(cfg.ema_decay, (1 + n) / (10 + n))))
@@ -159,14 +168,17 @@ def train(cfg: Config) -> dict:
             images, target = augment(x_train[idx], y_train[idx], cfg.augment, gen)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total_steps, warmup, cfg.lr)
-            loss = keypoint_loss(net(images), target, cfg.loss)
+            pred = net(images)
+            loss = keypoint_loss(pred[:, :NUM_KEYPOINTS], target[:, :NUM_KEYPOINTS], cfg.loss)
+            if use_aux:
+                loss = loss + cfg.aux68 * keypoint_loss(pred[:, NUM_KEYPOINTS:], target[:, NUM_KEYPOINTS:], cfg.loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             ema.update_parameters(net)
             losses.append(loss.item())
             step += 1
-        pred = denormalize(predict(FlipAveraged(ema.module) if cfg.flip_tta else ema.module, x_val))
+        pred = denormalize(predict(ServingModel(ema.module, cfg.flip_tta), x_val))
         val_score = metrics.score(pred, val_faces.keypoints)
         elapsed = time.time() - start
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_score": val_score,
@@ -177,7 +189,7 @@ def train(cfg: Config) -> dict:
               flush=True)
 
     final = ema.module.eval()
-    exported = FlipAveraged(final).eval() if cfg.flip_tta else final
+    exported = ServingModel(final, cfg.flip_tta).eval()
     pred = denormalize(predict(exported, x_val))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
