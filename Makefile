@@ -57,3 +57,31 @@ lint: $(VENV)/.dev
 
 clean: stop
 	rm -rf .serve samples model_store/*.mar
+
+.PHONY: image-test hadolint
+
+## image-test: build the image from the Dockerfile with podman and smoke-test it (installs podman if missing; ~6 min cold, ~30 s warm)
+image-test:
+	bash scripts/image_test.sh
+
+## hadolint: lint the Dockerfile (also run by `make test`, tests/test_dockerfile.py)
+hadolint: $(VENV)/.dev
+	$(VENV)/bin/hadolint Dockerfile
+
+.PHONY: loadtest bench
+USERS ?= 16
+SPAWN_RATE ?= 16
+DURATION ?= 60s
+P95_MS ?= 1000
+LOADTEST_URL ?= http://$(HOST):$(INFERENCE_PORT)
+
+## loadtest: headless Locust against a running service (make serve) for DURATION at USERS users; reports in
+## loadtest/reports/; fails on any failed request or p95 > P95_MS. e.g. make loadtest USERS=32 DURATION=5m
+loadtest: $(VENV)/.runtime
+	$(PY) -m loadtest.run --host $(LOADTEST_URL) --users $(USERS) --spawn-rate $(SPAWN_RATE) \
+		--duration $(DURATION) --p95-ms $(P95_MS)
+
+## bench: in-process ceiling vs served throughput/latency for a grid of configurations (own TorchServes on free
+## ports, ~8 min); writes docs/performance/bench.csv, bench.png and the numbers in docs/performance.md
+bench: $(VENV)/.dev
+	$(PY) -m loadtest.benchmark

@@ -2,9 +2,9 @@
 docs/deployment.md makes about them (GPU request, probes on a READY worker, non-root, ports).
 
 kubernetes-validate ships the Kubernetes JSON schemas, so nothing here needs a cluster or the network.
-kustomize is not on PyPI or in Debian, so the kustomizations are rendered by a small resolver of the
-subset they use (resources, images, JSON 6902 patches); where a kubectl binary is on PATH its
-`kubectl kustomize` output must match the resolver's.
+kustomize is not on PyPI and Debian bookworm's kubectl (1.20) is too old, so the kustomizations are
+rendered by a small resolver of the subset they use (resources, images, JSON 6902 patches); where a
+kubectl binary is on PATH its `kubectl kustomize` output must match the resolver's.
 """
 
 from __future__ import annotations

@@ -1,0 +1,87 @@
+# Facial keypoint service: TorchServe 0.12 serving the committed TorchScript model.
+#
+#   GPU image:  docker build -t facekp:gpu .
+#               docker run --gpus all -p 8080:8080 facekp:gpu
+#   CPU image:  docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu -t facekp:cpu .
+#   Local test: make image-test (a debootstrap base and a local torch wheel: scripts/image_test.sh)
+#
+# The same image runs on a GPU node and on a CPU-only one: TorchServe hands the worker a GPU
+# when nvidia-smi in the container lists one (NVIDIA container toolkit), else it uses the CPU.
+# See docs/deployment.md.
+
+# Pinned by tag and digest (the multi-arch index of python:3.11.14-slim-bookworm). Registries are not
+# reachable from the build machines here, so refresh it with
+#   docker buildx imagetools inspect python:3.11-slim-bookworm
+# The local test build replaces it with a Debian bookworm stand-in (BASE_IMAGE).
+ARG BASE_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
+FROM ${BASE_IMAGE}
+
+# Extra package index for torch: https://download.pytorch.org/whl/cpu makes the CPU image. Unset, torch
+# 2.13.0 comes from PyPI with its CUDA libraries (the GPU image).
+ARG TORCH_INDEX_URL
+# A folder of local wheels (pip --find-links), e.g. a CPU torch wheel bind-mounted into the build.
+ARG PIP_FIND_LINKS
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV DEBIAN_FRONTEND=noninteractive \
+    LANG=C.UTF-8 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Java 17 for TorchServe's frontend (skipped where the base has a JRE already), and the service user.
+# hadolint ignore=DL3008
+RUN if ! command -v java >/dev/null; then \
+        mkdir -p /usr/share/man/man1 \
+        && apt-get update \
+        && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi \
+    && java -XX:-UsePerfData -version \
+    && groupadd --gid 10001 model-server \
+    && useradd --no-log-init --uid 10001 --gid 10001 --create-home --home-dir /home/model-server \
+        --shell /usr/sbin/nologin model-server
+
+# The project's pins, less the load-test client (locust), in a venv: one layer that only changes
+# with requirements.txt.
+COPY requirements.txt /tmp/requirements.txt
+RUN python3 -m venv /opt/venv \
+    && grep -v -E '^locust([^A-Za-z0-9_.-]|$)' /tmp/requirements.txt > /tmp/requirements.serve.txt \
+    && /opt/venv/bin/pip install --no-cache-dir ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
+        -r /tmp/requirements.serve.txt \
+    && /opt/venv/bin/python -c "import torch, ts, yaml; print('torch', torch.__version__)" \
+    && rm /tmp/requirements.txt /tmp/requirements.serve.txt
+ENV PATH=/opt/venv/bin:$PATH
+
+# keypoints.mar, built here by the project's own build_archive() (facekp/server.py): the same handler,
+# extra files, model config and TorchScript check as `make archive`.
+COPY facekp/ /tmp/build/facekp/
+COPY handler/ /tmp/build/handler/
+COPY serve/model-config.yaml /tmp/build/serve/model-config.yaml
+COPY model_store/keypoints.pt /tmp/build/model_store/keypoints.pt
+RUN PYTHONPATH=/tmp/build python -m facekp.server archive \
+    && install -d -m 0755 /opt/facekp/model-store /opt/facekp/config \
+    && install -m 0644 /tmp/build/model_store/keypoints.mar /opt/facekp/model-store/keypoints.mar \
+    && rm -rf /tmp/build
+
+COPY serve/config.container.properties /opt/facekp/config/config.properties
+COPY serve/healthcheck.py /opt/facekp/healthcheck.py
+
+# GPUs for the NVIDIA container toolkit: the driver libraries and nvidia-smi, which TorchServe uses to count them.
+ENV NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    LOG_LOCATION=/home/model-server/logs \
+    METRICS_LOCATION=/home/model-server/logs \
+    HOME=/home/model-server
+
+USER 10001:10001
+WORKDIR /home/model-server
+# 8080 inference, 8081 management (bound to 127.0.0.1 inside the container), 8082 Prometheus metrics.
+EXPOSE 8080 8081 8082
+HEALTHCHECK --interval=15s --timeout=6s --start-period=180s --retries=3 \
+    CMD ["python3", "/opt/facekp/healthcheck.py", "--quiet"]
+
+# TorchServe in the foreground. Its launcher does not pass SIGTERM on to the Java frontend, so this
+# shell (PID 1) turns SIGTERM/SIGINT into `torchserve --stop`, waits for the frontend to shut its
+# workers down, and exits 0; it exits 1 if TorchServe ends by itself.
+STOPSIGNAL SIGTERM
+CMD ["/bin/sh", "-c", "trap 'torchserve --stop; wait $ts; exit 0' TERM INT; torchserve --start --foreground --ncs --disable-token-auth --model-store /opt/facekp/model-store --models keypoints=keypoints.mar --ts-config /opt/facekp/config/config.properties & ts=$!; wait $ts; echo 'torchserve exited' >&2; exit 1"]
