@@ -1,0 +1,100 @@
+"""Figures for docs/accuracy.md from a trained model and its model card.
+
+    python train/report.py                      # model_store/ -> docs/accuracy/
+    python train/report.py --model-dir /tmp/m --out /tmp/figs
+
+Writes learning_curve.png and per_keypoint.png (no face pixels, committed) and
+worst_faces.png (validation faces with predicted and true keypoints; it shows images of
+the data set, so it stays out of git, under its source's terms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from facekp import data as facedata  # noqa: E402
+from facekp import metrics  # noqa: E402
+from facekp.contract import KEYPOINT_NAMES, denormalize  # noqa: E402
+
+
+def learning_curve(history: list[dict], path: Path) -> None:
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax1.plot(epochs, [h["val_score"] for h in history], "o-", ms=3)
+    ax1.set(xlabel="epoch", ylabel="validation score (1 / 2·MSE)", title="score on held-out people")
+    ax1.axhline(100, color="grey", ls=":", lw=1)
+    ax2.plot(epochs, [h["train_loss"] for h in history], "o-", ms=3, color="tab:orange", label="train L1 (normalized)")
+    ax2b = ax2.twinx()
+    ax2b.plot(epochs, [h["val_rmse_px"] for h in history], "s-", ms=3, color="tab:green", label="val RMSE px")
+    ax2.set(xlabel="epoch", ylabel="train loss", title="loss and validation RMSE")
+    ax2b.set_ylabel("validation RMSE (px)")
+    fig.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def per_keypoint(rmse: np.ndarray, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    ax.barh(range(len(rmse)), rmse, color="tab:blue")
+    ax.set_yticks(range(len(rmse)), KEYPOINT_NAMES, fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlabel="RMSE per coordinate (px, 96x96)", title="validation error per keypoint")
+    for i, v in enumerate(rmse):
+        ax.text(v, i, f" {v:.2f}", va="center", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def worst_faces(images: np.ndarray, pred: np.ndarray, true: np.ndarray, path: Path, count: int = 12) -> None:
+    errors = metrics.per_image_mse(pred, true)
+    worst = np.argsort(errors)[::-1][:count]
+    cols = 6
+    fig, axes = plt.subplots((count + cols - 1) // cols, cols, figsize=(2.2 * cols, 2.4 * ((count + cols - 1) // cols)))
+    for ax, i in zip(axes.flat, worst, strict=False):
+        ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
+        ax.scatter(true[i, :, 0], true[i, :, 1], s=10, c="lime", label="true")
+        ax.scatter(pred[i, :, 0], pred[i, :, 1], s=10, c="red", marker="x", label="predicted")
+        ax.set_title(f"#{i}: {np.sqrt(errors[i]) * 48:.2f} px", fontsize=8)
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, default=Path("model_store"))
+    parser.add_argument("--out", type=Path, default=Path("docs/accuracy"))
+    parser.add_argument("--data", default=None)
+    args = parser.parse_args(argv)
+    card = json.loads((args.model_dir / "model_card.json").read_text())
+    _, val = facedata.split_by_person(facedata.load(args.data))
+    model = torch.jit.load(str(args.model_dir / card["model_file"]))
+    with torch.inference_mode():
+        pred = denormalize(model(torch.from_numpy(val.images).float().div(255).unsqueeze(1)).numpy())
+    args.out.mkdir(parents=True, exist_ok=True)
+    learning_curve(card["history"], args.out / "learning_curve.png")
+    per_keypoint(metrics.rmse_px_per_keypoint(pred, val.keypoints), args.out / "per_keypoint.png")
+    worst_faces(val.images, pred, val.keypoints, args.out / "worst_faces.png")
+    score, rmse = metrics.score(pred, val.keypoints), metrics.rmse_px(pred, val.keypoints)
+    print(f"validation score {score:.1f}, rmse {rmse:.3f} px on {len(val)} faces; figures in {args.out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
