@@ -157,9 +157,8 @@ class Service:
             pass
         return None
 
-    def start(self, archive: Path | None = None) -> None:
-        """Start TorchServe in the background; returns once the frontend is launched."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+    def check_can_start(self) -> None:
+        """Refuse early, with a clear message, what would make TorchServe fail or clash."""
         if self.pid():
             raise ServiceError(f"the service in {self.run_dir} is already running (pid {self.pid()}): "
                                "stop it first with `make stop`")
@@ -169,6 +168,11 @@ class Service:
             if port_in_use(self.host, port):
                 raise ServiceError(f"{name} port {self.host}:{port} is already in use by another program; "
                                    f"free it or pick another port (e.g. make serve {name.upper()}_PORT=...)")
+
+    def start(self, archive: Path | None = None) -> None:
+        """Start TorchServe in the background; returns once the frontend is launched."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.check_can_start()
         archive = archive or self.model_store / f"{MODEL_NAME}.mar"
         if not archive.is_file():
             raise ServiceError(f"model archive {archive} is missing: build it with `make archive`")
@@ -263,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, default=RUN_DIR, help="config, logs and pid file (default .serve/)")
     parser.add_argument("--token-auth", action="store_true", help="require TorchServe's API keys")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for a READY worker")
+    parser.add_argument("--model-file", type=Path, default=MODEL_FILE, help="TorchScript model to package")
     args = parser.parse_args(argv)
     service = Service(run_dir=args.run_dir, host=args.host, inference_port=args.inference_port,
                       management_port=args.management_port, metrics_port=args.metrics_port,
@@ -270,9 +275,10 @@ def main(argv: list[str] | None = None) -> int:
                       token_auth=args.token_auth)
     try:
         if args.action == "archive":
-            print(f"built {build_archive()}")
+            print(f"built {build_archive(args.model_file)}")
         elif args.action == "start":
-            archive = build_archive()
+            service.check_can_start()
+            archive = build_archive(args.model_file)
             print(f"built {archive}; starting TorchServe (logs in {service.log_dir}) ...", flush=True)
             service.start(archive)
             workers = service.wait_ready(args.timeout)

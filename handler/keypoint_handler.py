@@ -6,6 +6,7 @@ the worker one, else the CPU; everything else is a plain function in handler.pro
 
 from __future__ import annotations
 
+import json
 import logging
 from http import HTTPStatus
 
@@ -31,11 +32,13 @@ class KeypointHandler(BaseHandler):
         return self.model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
 
     def handle(self, data: list[dict], context) -> list[dict]:
-        replies = answer_batch(data, self.run_model, self.max_pixels)
+        headers = [context.get_all_request_header(i) for i in range(len(data))]
+        replies = answer_batch(data, self.run_model, self.max_pixels, headers)
         refused = sum(reply.status != 200 for reply in replies)
         logger.info("batch of %d: %d answered, %d refused", len(replies), len(replies) - refused, refused)
         for i, reply in enumerate(replies):
             context.set_response_content_type(i, "application/json")
             if reply.status != 200:
                 context.set_response_status(reply.status, HTTPStatus(reply.status).phrase, i)
-        return [reply.body for reply in replies]
+        # Serialized here, compact: TorchServe would otherwise pretty-print dicts with indent=2.
+        return [json.dumps(reply.body, separators=(",", ":")) for reply in replies]

@@ -7,8 +7,9 @@ any other server the model moves to, and is unit-tested on its own.
 from __future__ import annotations
 
 import io
+import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,11 +18,20 @@ from PIL import Image, ImageOps
 
 from facekp.contract import HALF, IMAGE_SIZE, KEYPOINT_NAMES
 
+logger = logging.getLogger(__name__)
+
 MAX_PIXELS = 40_000_000
 """Images above this many pixels are refused from their header, before decoding."""
 
 MIN_SIDE = 8
 """Smaller images cannot hold a face."""
+
+FORM_POST_MESSAGE = (
+    "the body was sent as an HTML form (Content-Type: application/x-www-form-urlencoded, curl --data-binary's "
+    "default), not as an image: send it with curl -T face.png URL, or add -H 'Content-Type: image/png', "
+    "or as a multipart file: curl -F data=@face.png URL"
+)
+"""TorchServe's frontend parses such a body as form fields before the handler sees it."""
 
 _SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 
@@ -50,8 +60,18 @@ class Frame:
     pad_y: float
 
 
-def request_body(request: dict[str, Any]) -> bytes:
-    """The image bytes of one TorchServe request: a raw body or exactly one multipart file."""
+def request_body(request: dict[str, Any], headers: Mapping[str, Any] | None = None) -> bytes:
+    """The image bytes of one TorchServe request: a raw body or exactly one multipart file.
+
+    `headers` are TorchServe's properties of the request (its HTTP headers, plus per form part
+    {"content-type": ...}, "" for a plain form field). They tell a form field from a file and an
+    HTML form post (curl --data-binary's default) from an image; without them every bytes value
+    counts as a file.
+    """
+    headers = headers or {}
+    if _header(headers, "content-type").startswith("application/x-www-form-urlencoded"):
+        # TorchServe has parsed the body as form fields, so the image bytes are gone.
+        raise RequestError(415, FORM_POST_MESSAGE)
     if "body" in request or "data" in request:
         body = request.get("body", request.get("data"))
         if isinstance(body, (bytes, bytearray)):
@@ -63,12 +83,30 @@ def request_body(request: dict[str, Any]) -> bytes:
             f"expected image bytes, got {type(body).__name__} (the Content-Type said text or JSON); "
             "send the image as the raw body (curl -T face.png URL) or as a multipart file",
         )
-    files = [v for v in request.values() if isinstance(v, (bytes, bytearray))]
+    files = [name for name, value in request.items()
+             if isinstance(value, (bytes, bytearray)) and not _is_form_field(headers, name)]
     if not files:
-        raise RequestError(400, "multipart request holds no file: attach one image")
+        fields = f" (only the form field(s) {', '.join(map(repr, request))})" if request else ""
+        raise RequestError(400, f"multipart request holds no file{fields}: attach one image, "
+                                "e.g. curl -F data=@face.png URL")
     if len(files) > 1:
-        raise RequestError(400, f"multipart request holds {len(files)} files: send one image per request")
-    return bytes(files[0])
+        raise RequestError(400, f"multipart request holds {len(files)} files ({', '.join(map(repr, files))}): "
+                                "send one image per request")
+    return bytes(request[files[0]])
+
+
+def _header(headers: Mapping[str, Any], name: str) -> str:
+    """An HTTP header of the request, case-insensitively, lower-cased; "" if absent."""
+    for key, value in headers.items():
+        if key.lower() == name and isinstance(value, str):
+            return value.lower()
+    return ""
+
+
+def _is_form_field(headers: Mapping[str, Any], name: str) -> bool:
+    """TorchServe gives a plain form field (no filename) an empty content type, a file its own."""
+    part = headers.get(name)
+    return isinstance(part, Mapping) and part.get("content-type") == ""
 
 
 def decode_image(body: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -85,6 +123,9 @@ def decode_image(body: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
             image = Image.open(io.BytesIO(body))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise RequestError(413, f"image too large ({err}); at most {max_pixels:,} pixels are accepted") from None
+    except Image.UnidentifiedImageError:
+        raise RequestError(415, "body is not a readable image: not a PNG, JPEG, GIF, WebP, BMP, TIFF or other "
+                                "format Pillow reads") from None
     except Exception as err:  # Pillow raises several types for unreadable data
         raise RequestError(415, f"body is not a readable image ({type(err).__name__}: {err})") from None
     width, height = image.size
@@ -92,6 +133,11 @@ def decode_image(body: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise RequestError(413, f"image is {width}x{height} pixels; at most {max_pixels:,} pixels are accepted")
     if min(width, height) < MIN_SIDE:
         raise RequestError(422, f"image is {width}x{height} pixels; each side must be at least {MIN_SIDE}")
+    side = max(width, height)
+    if side * side > 2 * max_pixels:
+        # to_model_input pads to a square: a 8x5,000,000 strip would need a 25-terapixel array.
+        raise RequestError(413, f"image is {width}x{height} pixels, too elongated: padded to a square it would be "
+                                f"{side * side:,} pixels, at most {2 * max_pixels:,} are accepted; crop it to the face")
     if image.format == "JPEG":
         # DCT-domain downscaling: a large JPEG decodes at a fraction of the cost, still >= 2x the model size.
         image.draft("L", (2 * IMAGE_SIZE, 2 * IMAGE_SIZE))
@@ -159,24 +205,34 @@ class Reply:
     body: dict[str, Any]
 
 
-def prepare(request: dict[str, Any], max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, Frame]:
+def prepare(request: dict[str, Any], max_pixels: int = MAX_PIXELS,
+            headers: Mapping[str, Any] | None = None) -> tuple[np.ndarray, Frame]:
     """One TorchServe request -> model input and frame, or RequestError."""
-    return to_model_input(decode_image(request_body(request), max_pixels))
+    return to_model_input(decode_image(request_body(request, headers), max_pixels))
 
 
 def answer_batch(
     requests: list[dict[str, Any]],
     run_model: Callable[[np.ndarray], np.ndarray],
     max_pixels: int = MAX_PIXELS,
+    headers: list[Mapping[str, Any]] | None = None,
 ) -> list[Reply]:
-    """Answer a server-side batch: bad requests get their own 4xx, the rest one model call."""
+    """Answer a server-side batch: bad requests get their own 4xx, the rest one model call.
+
+    An unexpected error while reading one request (a bug, not bad input) fails that request
+    alone with a 500, not the whole batch.
+    """
     replies: list[Reply | None] = [None] * len(requests)
     inputs, frames, slots = [], [], []
     for i, request in enumerate(requests):
         try:
-            tensor, frame = prepare(request, max_pixels)
+            tensor, frame = prepare(request, max_pixels, headers[i] if headers else None)
         except RequestError as err:
             replies[i] = Reply(err.status, error_json(err))
+            continue
+        except Exception:
+            logger.exception("unexpected error while reading request %d of the batch", i)
+            replies[i] = Reply(500, error_json(RequestError(500, "internal error while reading the image")))
             continue
         inputs.append(tensor)
         frames.append(frame)

@@ -149,3 +149,60 @@ def test_batch_answers_good_and_bad_requests_separately(face):
 def test_all_bad_batch_does_not_call_model():
     replies = processing.answer_batch([{"body": b""}], lambda b: pytest.fail("model called"))
     assert replies[0].status == 400
+
+
+def test_elongated_image_is_refused_before_padding():
+    """Padding 500000x8 to a square would allocate 233 GiB: refused from the header instead."""
+    strip = encode(Image.new("L", (500_000, 8)), "PNG")
+    assert len(strip) < 10_000
+    with pytest.raises(RequestError) as err:
+        processing.prepare({"body": strip})
+    assert err.value.status == 413 and "too elongated" in err.value.message
+
+
+def test_two_to_one_image_under_the_pixel_limit_is_accepted():
+    tensor, frame = processing.prepare({"body": encode(Image.new("L", (400, 200)), "PNG")}, max_pixels=80_000)
+    assert tensor.shape == (1, 96, 96) and (frame.width, frame.height) == (400, 200)
+
+
+def test_animated_gif_serves_its_first_frame(face, face_pixels):
+    gif = encode(face, "GIF", save_all=True, append_images=[face.transpose(Image.Transpose.ROTATE_90)], duration=100)
+    assert Image.open(io.BytesIO(gif)).n_frames == 2
+    tensor, _ = processing.prepare({"body": gif})
+    assert np.array_equal((tensor[0] * 255).round().astype(np.uint8), face_pixels)
+
+
+def test_form_post_is_refused_with_the_fix():
+    """curl --data-binary sends application/x-www-form-urlencoded; TorchServe parses it as fields."""
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    with pytest.raises(RequestError) as err:
+        processing.request_body({"a": b"1"}, headers)
+    assert err.value.status == 415 and "curl -T" in err.value.message
+
+
+def test_form_fields_are_not_files(face):
+    png = encode(face, "PNG")
+    headers = {"Content-Type": "multipart/form-data; boundary=x", "a": {"content-type": "image/png"},
+               "note": {"content-type": ""}}
+    assert processing.request_body({"a": png, "note": b"hi"}, headers) == png
+    with pytest.raises(RequestError, match="no file .*'note'"):
+        processing.request_body({"note": b"hi"}, {"note": {"content-type": ""}})
+    with pytest.raises(RequestError, match="2 files"):
+        processing.request_body({"a": png, "b": png}, {"a": {"content-type": "image/png"},
+                                                       "b": {"content-type": "application/octet-stream"}})
+
+
+def test_an_unexpected_error_fails_only_its_own_request(face, monkeypatch):
+    good = {"body": encode(face, "PNG")}
+    real = processing.to_model_input
+
+    def flaky(image):
+        if image.size == (97, 97):
+            raise ValueError("a bug")
+        return real(image)
+
+    monkeypatch.setattr(processing, "to_model_input", flaky)
+    odd = {"body": encode(face.resize((97, 97)), "PNG")}
+    replies = processing.answer_batch([good, odd, good], lambda b: np.zeros((len(b), 15, 2), np.float32))
+    assert [r.status for r in replies] == [200, 500, 200]
+    assert replies[1].body == {"error": "internal error while reading the image", "code": 500}
