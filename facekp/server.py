@@ -83,6 +83,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def free_ports(host: str = "127.0.0.1") -> dict[str, int]:
+    """Free loopback ports for every listener of a Service: Service(**free_ports(), ...)."""
+    return {name: free_port(host) for name in ("inference_port", "management_port", "metrics_port",
+                                               "grpc_inference_port", "grpc_management_port")}
+
+
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -23,15 +23,10 @@ import requests
 
 from facekp.data import REPO_ROOT
 from facekp.evaluate import encode_face
-from facekp.server import MODEL_FILE, Service, build_archive, free_port, main
+from facekp.server import MODEL_FILE, Service, build_archive, free_ports, main
 
 CONNECT_TIMEOUT, READ_TIMEOUT = 3.0, 15.0
 """Every client request of the load gives up after these many seconds: an error, never a hang."""
-
-
-def ports() -> dict[str, int]:
-    return {name: free_port() for name in ("inference_port", "management_port", "metrics_port",
-                                           "grpc_inference_port", "grpc_management_port")}
 
 
 def cli_ports(p: dict[str, int]) -> list[str]:
@@ -48,7 +43,7 @@ def archive(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, archive):
-    svc = Service(run_dir=tmp_path_factory.mktemp("faults") / "run", model_store=archive.parent, **ports())
+    svc = Service(run_dir=tmp_path_factory.mktemp("faults") / "run", model_store=archive.parent, **free_ports())
     svc.start(archive)
     try:
         svc.wait_ready(timeout=180)
@@ -133,7 +128,7 @@ def test_killed_worker_comes_back_and_no_client_hangs(service, face_png):
 
 def test_token_authorization(tmp_path, archive, face_png):
     """With TorchServe's token auth on, a request without the inference key is refused."""
-    svc = Service(run_dir=tmp_path / "run", model_store=archive.parent, token_auth=True, **ports())
+    svc = Service(run_dir=tmp_path / "run", model_store=archive.parent, token_auth=True, **free_ports())
     svc.start(archive)
     try:
         assert svc.wait_ready(timeout=180)  # the management API answers with the management key
@@ -177,7 +172,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_start_with_a_missing_model_file(tmp_path):
     result = run_cli("start", "--run-dir", str(tmp_path / "run"), "--model-file", str(tmp_path / "nothing.pt"),
-                     *cli_ports(ports()))
+                     *cli_ports(free_ports()))
     assert result.returncode == 1
     assert f"error: model file {tmp_path / 'nothing.pt'} is missing" in result.stderr
     assert "python train/run.py" in result.stderr and "Traceback" not in result.stderr
@@ -186,7 +181,8 @@ def test_start_with_a_missing_model_file(tmp_path):
 def test_start_with_a_corrupt_model_file(tmp_path):
     corrupt = tmp_path / "keypoints.pt"
     corrupt.write_bytes(MODEL_FILE.read_bytes()[:1000])  # a truncated download
-    result = run_cli("start", "--run-dir", str(tmp_path / "run"), "--model-file", str(corrupt), *cli_ports(ports()))
+    result = run_cli("start", "--run-dir", str(tmp_path / "run"), "--model-file", str(corrupt),
+                     *cli_ports(free_ports()))
     assert result.returncode == 1
     assert "is not a loadable TorchScript model" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()  # refused before anything started
@@ -194,7 +190,7 @@ def test_start_with_a_corrupt_model_file(tmp_path):
 
 def test_start_twice(service, capsys):
     """A second start from the same run folder says the service already runs and how to stop it."""
-    p = {name: getattr(service, name) for name in ports()}
+    p = {name: getattr(service, name) for name in free_ports()}
     code = main(["start", "--run-dir", str(service.run_dir), *cli_ports(p)])
     assert code == 1
     err = capsys.readouterr().err
@@ -206,7 +202,7 @@ def test_start_on_a_port_in_use(tmp_path, capsys):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        p = {**ports(), "inference_port": busy.getsockname()[1]}
+        p = {**free_ports(), "inference_port": busy.getsockname()[1]}
         code = main(["start", "--run-dir", str(tmp_path / "run"), *cli_ports(p)])
     assert code == 1
     err = capsys.readouterr().err

@@ -27,7 +27,8 @@ import requests
 from PIL import Image
 
 from facekp.contract import KEYPOINT_NAMES
-from facekp.server import MODEL_FILE, SHIPPED_CONFIG, Service, build_archive, free_port
+from facekp.server import SHIPPED_CONFIG, Service
+from tests.conftest import running_service
 
 TIMEOUT = 60
 MAX_REQUEST_SIZE = 6_553_500  # serve/config.properties
@@ -37,20 +38,12 @@ OBSERVED: list[tuple[str, int, str, str]] = []
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    root = tmp_path_factory.mktemp("robustness")
-    config = root / "model-config.yaml"
     # A long batch delay so that a burst of concurrent requests shares one batch.
-    config.write_text("minWorkers: 1\nmaxWorkers: 1\nbatchSize: 8\nmaxBatchDelay: 250\nresponseTimeout: 60\n")
-    archive = build_archive(MODEL_FILE, root / "store", config)
-    svc = Service(run_dir=root / "run", model_store=root / "store", inference_port=free_port(),
-                  management_port=free_port(), metrics_port=free_port(), grpc_inference_port=free_port(),
-                  grpc_management_port=free_port())
-    svc.start(archive)
+    config = "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 8\nmaxBatchDelay: 250\nresponseTimeout: 60\n"
     try:
-        svc.wait_ready(timeout=180)
-        yield svc
+        with running_service(tmp_path_factory.mktemp("robustness"), config) as svc:
+            yield svc
     finally:
-        svc.stop()
         _write_table()
 
 

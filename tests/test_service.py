@@ -17,27 +17,18 @@ from PIL import Image
 
 from facekp import evaluate, metrics
 from facekp.contract import KEYPOINT_NAMES, denormalize
-from facekp.server import MODEL_FILE, Service, build_archive, free_port, port_in_use
+from facekp.server import MODEL_FILE, Service, port_in_use
+from tests.conftest import running_service
 
 BATCH = 8
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    root = tmp_path_factory.mktemp("torchserve")
-    config = root / "model-config.yaml"
     # A long batch delay so that concurrent requests of a test reliably share a batch.
-    config.write_text(f"minWorkers: 1\nmaxWorkers: 1\nbatchSize: {BATCH}\nmaxBatchDelay: 300\nresponseTimeout: 60\n")
-    archive = build_archive(MODEL_FILE, root / "store", config)
-    svc = Service(run_dir=root / "run", model_store=root / "store", inference_port=free_port(),
-                  management_port=free_port(), metrics_port=free_port(), grpc_inference_port=free_port(),
-                  grpc_management_port=free_port())
-    svc.start(archive)
-    try:
-        svc.wait_ready(timeout=180)
+    config = f"minWorkers: 1\nmaxWorkers: 1\nbatchSize: {BATCH}\nmaxBatchDelay: 300\nresponseTimeout: 60\n"
+    with running_service(tmp_path_factory.mktemp("torchserve"), config) as svc:
         yield svc
-    finally:
-        svc.stop()
 
 
 def png(pixels: np.ndarray, size: int = 96, fmt: str = "PNG") -> bytes:
