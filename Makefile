@@ -72,7 +72,7 @@ hadolint: $(VENV)/.dev
 USERS ?= 16
 SPAWN_RATE ?= 16
 DURATION ?= 60s
-P95_MS ?= 1000
+P95_MS ?= 500
 LOADTEST_URL ?= http://$(HOST):$(INFERENCE_PORT)
 
 ## loadtest: headless Locust against a running service (make serve) for DURATION at USERS users; reports in

@@ -1,0 +1,1 @@
+"""Load test (Locust) and benchmark (in-process ceiling vs served path) of the keypoint service."""
