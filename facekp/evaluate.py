@@ -26,6 +26,7 @@ from PIL import Image
 from facekp import data as facedata
 from facekp import metrics
 from facekp.contract import IMAGE_SIZE, KEYPOINT_NAMES
+from facekp.replies import parse_reply
 
 
 def encode_face(pixels: np.ndarray, fmt: str = "png", size: int = IMAGE_SIZE, quality: int = 95) -> bytes:
@@ -72,12 +73,7 @@ def query_service(url: str, bodies: list[bytes], concurrency: int = 4, timeout: 
         try:
             reply = session().post(url, data=bodies[i], headers={"Content-Type": content_type}, timeout=timeout)
             latencies[i] = (time.perf_counter() - start) * 1000
-            if reply.status_code != 200:
-                raise RuntimeError(f"HTTP {reply.status_code}: {reply.text[:200]}")
-            points = reply.json()["keypoints"]
-            if [p["name"] for p in points] != list(KEYPOINT_NAMES):
-                raise RuntimeError("keypoint names or order differ from the contract")
-            predictions[i] = [[p["x"], p["y"]] for p in points]
+            predictions[i] = parse_reply(reply.status_code, reply.text)
         except Exception as err:  # every failure is counted and reported, none stops the run
             with lock:
                 errors.append(f"image {i}: {type(err).__name__}: {err}")

@@ -10,6 +10,7 @@ service started by hand behaves exactly like the one under test.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -211,8 +212,6 @@ class Service:
         key_file = self.run_dir / "key_file.json"
         if not key_file.exists():
             return {}
-        import json
-
         return {"Authorization": f"Bearer {json.loads(key_file.read_text())['management']['key']}"}
 
     def wait_ready(self, timeout: float = 120.0) -> list[dict]:

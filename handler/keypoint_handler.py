@@ -31,7 +31,7 @@ class KeypointHandler(BaseHandler):
     def run_model(self, batch: np.ndarray) -> np.ndarray:
         return self.model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
 
-    def handle(self, data: list[dict], context) -> list[dict]:
+    def handle(self, data: list[dict], context) -> list[str]:
         headers = [context.get_all_request_header(i) for i in range(len(data))]
         replies = answer_batch(data, self.run_model, self.max_pixels, headers)
         refused = sum(reply.status != 200 for reply in replies)

@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # locust import
 
 from locust import FastHttpUser, constant, events, task  # noqa: E402
 
+from facekp.replies import check_reply  # noqa: E402
 from loadtest.images import Upload, build_mix, describe  # noqa: E402
-from loadtest.replies import check_reply  # noqa: E402
 
 logger = logging.getLogger(__name__)
 UPLOADS: list[Upload] = []

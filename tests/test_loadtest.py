@@ -9,10 +9,10 @@ import json
 import pytest
 
 from facekp.contract import KEYPOINT_NAMES
+from facekp.replies import check_reply
 from loadtest import run
 from loadtest.images import MIX, build_mix
 from loadtest.loadgen import run_load
-from loadtest.replies import check_reply
 from tests.conftest import running_service
 
 

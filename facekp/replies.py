@@ -1,0 +1,43 @@
+"""What counts as a correct answer of the service: one parser for every client.
+
+The evaluation client, the Locust file and the benchmark's load generator all judge replies
+here (this module must stay free of Locust: importing Locust monkey-patches gevent).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from facekp.contract import KEYPOINT_NAMES
+
+
+class BadReply(ValueError):
+    """A reply that is not HTTP 200 with the 15 contract keypoints in order."""
+
+
+def parse_reply(status: int, text: str | None) -> np.ndarray:
+    """The (15, 2) keypoints of a good reply, in the pixels of the image sent; else BadReply."""
+    if status != 200:
+        raise BadReply(f"HTTP {status}: {(text or '')[:200]}")
+    try:
+        points = json.loads(text or "")["keypoints"]
+        names = [p["name"] for p in points]
+        coords = np.array([[float(p["x"]), float(p["y"])] for p in points])
+    except (ValueError, KeyError, TypeError) as err:
+        raise BadReply(f"not a keypoint answer ({type(err).__name__}: {err})") from None
+    if names != list(KEYPOINT_NAMES):
+        raise BadReply(f"expected the 15 contract keypoints in order, got {len(names)}: {names[:3]}...")
+    if not np.isfinite(coords).all():
+        raise BadReply("non-finite coordinate")
+    return coords
+
+
+def check_reply(status: int, text: str | None) -> str | None:
+    """None if the reply is good, else why it is not (for load tests that count failures)."""
+    try:
+        parse_reply(status, text)
+    except BadReply as err:
+        return str(err)
+    return None
