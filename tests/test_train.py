@@ -34,15 +34,30 @@ def test_quick_training_writes_a_standalone_torchscript_model(tmp_path):
 
 def test_flip_averaging_is_mirror_consistent():
     torch.manual_seed(0)
-    model = ServingModel(KeypointNet((4, 8, 8, 8), (1, 1, 1, 1), extra_points=68)).eval()
+    net = KeypointNet((4, 8, 8, 8), (1, 1, 1, 1), extra_points=68)
+    with torch.no_grad():
+        net.label_offset.normal_(0, 0.02)  # learned label offsets, not pure geometry
+    model = ServingModel(net).eval()
     x = torch.rand(2, 1, 96, 96)
     with torch.no_grad():
         direct, mirrored = model(x), model(x.flip(-1))
+        padded = torch.cat([mirrored, torch.zeros(2, 68, 2)], dim=1)  # mirror() works on all points
+        expected = net.mirror(padded)[:, :15]
     # The prediction for the mirrored face is the mirrored prediction, left/right swapped back.
+    assert np.allclose(direct.numpy(), expected.numpy(), atol=1e-5)
+
+
+def test_label_mirror_is_an_involution_and_geometric_at_zero_offset():
     from facekp.contract import FLIP_PERMUTATION, MIRROR_X_SHIFT
 
-    expected = mirrored[:, list(FLIP_PERMUTATION)] * torch.tensor([-1.0, 1.0]) + torch.tensor([MIRROR_X_SHIFT, 0.0])
-    assert np.allclose(direct.numpy(), expected.numpy(), atol=1e-5)
+    net = KeypointNet((4, 8, 8, 8), (1, 1, 1, 1), extra_points=68)
+    kp = torch.randn(3, 83, 2)
+    geometric = kp[:, list(FLIP_PERMUTATION)] * torch.tensor([-1.0, 1.0]) + torch.tensor([MIRROR_X_SHIFT, 0.0])
+    with torch.no_grad():
+        assert torch.allclose(net.mirror(kp)[:, :15], geometric)
+        net.label_offset.normal_(0, 0.05)
+        assert torch.allclose(net.mirror(net.mirror(kp)), kp, atol=1e-6)
+        assert not torch.allclose(net.mirror(kp)[:, :15], geometric)
 
 
 def test_missing_data_is_a_clear_error(tmp_path):

@@ -7,39 +7,25 @@ affine_grid/grid_sample call instead of per-image PIL work.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
 
-from facekp.contract import FLIP_PERMUTATION, HALF, MIRROR_X_SHIFT
+from facekp.contract import HALF
 
 # affine_grid (align_corners=False) puts pixel p at (p + 0.5 - HALF) / HALF; our normalized
 # coordinates put it at (p - HALF) / HALF.
 _GRID_OFFSET = 0.5 / HALF
 
 
-def _ibug68_mirror() -> list[int]:
-    """Mirror permutation of the 68-point iBUG layout (jaw, brows, nose, eyes, mouth)."""
-    pairs = [(i, 16 - i) for i in range(8)] + [(17 + i, 26 - i) for i in range(5)] + [(31, 35), (32, 34)]
-    pairs += [(36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46)]
-    pairs += [(48, 54), (49, 53), (50, 52), (55, 59), (56, 58), (60, 64), (61, 63), (65, 67)]
-    perm = list(range(68))
-    for a, b in pairs:
-        perm[a], perm[b] = b, a
-    return perm
-
-
-MIRROR_15_68 = list(FLIP_PERMUTATION) + [len(FLIP_PERMUTATION) + i for i in _ibug68_mirror()]
-"""Mirror permutation of the 15 contract keypoints followed by the 68 auxiliary points."""
-
-
 @dataclass
 class AugmentConfig:
     flip: float = 0.5  # probability of a mirror image (left/right keypoints swapped)
-    rotate_deg: float = 15.0  # uniform in +-rotate_deg
-    scale_sigma: float = 0.08  # scale = exp(N(0, sigma)), like a face detector's box size
-    shift_px: float = 3.0  # N(0, shift_px) per axis, in 96x96 pixels
+    rotate_deg: float = 6.0  # uniform in +-rotate_deg (the crops themselves are never rotated)
+    scale_sigma: float = 0.05  # scale = exp(N(0, sigma)), on top of the crops' own exp(N(0, 0.06))
+    shift_px: float = 2.0  # N(0, shift_px) per axis in 96x96 pixels, on top of the crops' own 2 px
     contrast_sigma: float = 0.25
     brightness: float = 0.08
     gamma_sigma: float = 0.2
@@ -47,9 +33,13 @@ class AugmentConfig:
     blur: float = 0.2  # probability of a 3x3 blur
 
 
-def augment(images: torch.Tensor, keypoints: torch.Tensor, cfg: AugmentConfig,
-            gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """images (N,1,96,96) in [0,1], keypoints (N,15,2) or (N,15+68,2) normalized -> augmented."""
+def augment(images: torch.Tensor, keypoints: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator,
+            mirror: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """images (N,1,96,96) in [0,1], keypoints (N,15,2) or (N,15+68,2) normalized -> augmented.
+
+    mirror maps the labels of a face to the labels of its mirror image (KeypointNet.mirror);
+    when it has learned parameters, the targets carry their gradient.
+    """
     n = images.shape[0]
     kp = keypoints.clone()
 
@@ -57,8 +47,7 @@ def augment(images: torch.Tensor, keypoints: torch.Tensor, cfg: AugmentConfig,
     if flip.any():
         images = images.clone()
         images[flip] = images[flip].flip(-1)
-        mirrored = kp[flip][:, MIRROR_15_68[: kp.shape[1]]]
-        kp[flip] = mirrored * torch.tensor([-1.0, 1.0]) + torch.tensor([MIRROR_X_SHIFT, 0.0])
+        kp[flip] = mirror(kp[flip])
 
     angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(cfg.rotate_deg)
     scale = torch.exp(torch.randn(n, generator=gen) * cfg.scale_sigma)

@@ -15,6 +15,21 @@ from torch.nn import functional as F
 from facekp.contract import FLIP_PERMUTATION, IMAGE_SIZE, MIRROR_X_SHIFT, NUM_KEYPOINTS
 
 
+def _ibug68_mirror() -> list[int]:
+    """Mirror permutation of the 68-point iBUG layout (jaw, brows, nose, eyes, mouth)."""
+    pairs = [(i, 16 - i) for i in range(8)] + [(17 + i, 26 - i) for i in range(5)] + [(31, 35), (32, 34)]
+    pairs += [(36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46)]
+    pairs += [(48, 54), (49, 53), (50, 52), (55, 59), (56, 58), (60, 64), (61, 63), (65, 67)]
+    perm = list(range(68))
+    for a, b in pairs:
+        perm[a], perm[b] = b, a
+    return perm
+
+
+MIRROR_15_68 = list(FLIP_PERMUTATION) + [len(FLIP_PERMUTATION) + i for i in _ibug68_mirror()]
+"""Mirror permutation of the 15 contract keypoints followed by the 68 auxiliary points."""
+
+
 def conv_bn(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False),
@@ -51,24 +66,37 @@ class KeypointNet(nn.Module):
     """
 
     def __init__(self, widths: tuple[int, ...] = (24, 48, 96, 192), blocks: tuple[int, ...] = (1, 1, 2, 2),
-                 head: str = "heatmap", extra_points: int = 0, dropout: float = 0.1):
+                 head: str = "heatmap", extra_points: int = 0, dropout: float = 0.1,
+                 head_width: int = 0, heatmap_size: int = 24):
         super().__init__()
         self.head_kind = head
         self.points = NUM_KEYPOINTS + extra_points
+        # Systematic offset of each point's label from where mirror symmetry puts it (ours sit
+        # ~1.3 px right of the pixels, and left/right brow and eye corners are placed slightly
+        # asymmetrically). Mirroring labels with pure geometry would teach the net the average
+        # of both conventions; learned from the flipped training faces instead (see mirror()).
+        self.label_offset = nn.Parameter(torch.zeros(self.points, 2))
+        self.register_buffer("mirror_perm", torch.tensor(MIRROR_15_68[: self.points]))
+        self.register_buffer("mirror_sign", torch.tensor([-1.0, 1.0]))
+        self.register_buffer("mirror_shift", torch.tensor([MIRROR_X_SHIFT, 0.0]))
         self.stem = conv_bn(1, widths[0], stride=2)  # 48x48
         self.stage1 = stage(widths[0], widths[0], blocks[0], 1)  # 48x48
         self.stage2 = stage(widths[0], widths[1], blocks[1], 2)  # 24x24
         self.stage3 = stage(widths[1], widths[2], blocks[2], 2)  # 12x12
         self.stage4 = stage(widths[2], widths[3], blocks[3], 2)  # 6x6
         if head == "heatmap":
-            mid = widths[1]
+            if heatmap_size not in (24, 48):
+                raise ValueError(f"heatmap_size must be 24 or 48, not {heatmap_size}")
+            mid = head_width or widths[1]
+            self.heatmap_size = heatmap_size
+            self.lateral2 = nn.Identity() if mid == widths[1] else nn.Conv2d(widths[1], mid, 1)
             self.lateral3 = nn.Conv2d(widths[2], mid, 1)
             self.lateral4 = nn.Conv2d(widths[3], mid, 1)
+            self.lateral1 = nn.Conv2d(widths[0], mid, 1) if heatmap_size == 48 else nn.Identity()
             self.fuse = nn.Sequential(conv_bn(mid, mid), conv_bn(mid, mid))
             self.heatmaps = nn.Conv2d(mid, self.points, 3, 1, 1)
-            size = IMAGE_SIZE // 4
-            # Centres of the 24x24 heatmap cells, in normalized image coordinates.
-            centres = (torch.arange(size, dtype=torch.float32) + 0.5) * (IMAGE_SIZE / size)
+            # Centres of the heatmap cells, in normalized image coordinates.
+            centres = (torch.arange(heatmap_size, dtype=torch.float32) + 0.5) * (IMAGE_SIZE / heatmap_size)
             self.register_buffer("grid", (centres - 0.5 - IMAGE_SIZE / 2) / (IMAGE_SIZE / 2))
         else:
             self.regress = nn.Sequential(
@@ -77,17 +105,30 @@ class KeypointNet(nn.Module):
                 nn.Linear(256, self.points * 2),
             )
 
+    def mirror(self, kp: torch.Tensor) -> torch.Tensor:
+        """Labels (N, points, 2) of a face -> labels of its mirror image (an involution).
+
+        A label is geometry g plus a systematic offset e: mirroring the geometry and re-adding
+        the offsets gives g' + e = mirror(kp) + e + e[perm] * (1, -1).
+        """
+        e = self.label_offset
+        geometric = kp[:, self.mirror_perm] * self.mirror_sign + self.mirror_shift
+        return geometric + e + e[self.mirror_perm] * -self.mirror_sign
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x - 0.5
-        c2 = self.stage2(self.stage1(self.stem(x)))
+        c1 = self.stage1(self.stem(x))
+        c2 = self.stage2(c1)
         c3 = self.stage3(c2)
         c4 = self.stage4(c3)
         if self.head_kind != "heatmap":
             return self.regress(c4).view(-1, self.points, 2)
         size = c2.shape[-1]
-        p = c2 + F.interpolate(self.lateral3(c3), size=size, mode="bilinear", align_corners=False)
+        p = self.lateral2(c2) + F.interpolate(self.lateral3(c3), size=size, mode="bilinear", align_corners=False)
         p = p + F.interpolate(self.lateral4(c4), size=size, mode="bilinear", align_corners=False)
-        logits = self.heatmaps(self.fuse(p))  # (N, points, 24, 24)
+        if self.heatmap_size == 48:
+            p = self.lateral1(c1) + F.interpolate(p, size=c1.shape[-1], mode="bilinear", align_corners=False)
+        logits = self.heatmaps(self.fuse(p))  # (N, points, size, size)
         prob = logits.flatten(2).softmax(-1).view_as(logits)
         xs = (prob.sum(2) * self.grid).sum(-1)
         ys = (prob.sum(3) * self.grid).sum(-1)
@@ -105,16 +146,12 @@ class ServingModel(nn.Module):
         super().__init__()
         self.net = net
         self.flip = flip
-        self.register_buffer("perm", torch.tensor(FLIP_PERMUTATION, dtype=torch.long))
-        self.register_buffer("mirror", torch.tensor([-1.0, 1.0]))
-        self.register_buffer("shift", torch.tensor([MIRROR_X_SHIFT, 0.0]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.flip:
             return self.net(x)[:, :NUM_KEYPOINTS]
-        both = self.net(torch.cat([x, x.flip(-1)]))[:, :NUM_KEYPOINTS]
-        direct, flipped = both.chunk(2)
-        return 0.5 * (direct + flipped[:, self.perm] * self.mirror + self.shift)
+        direct, flipped = self.net(torch.cat([x, x.flip(-1)])).chunk(2)
+        return 0.5 * (direct + self.net.mirror(flipped))[:, :NUM_KEYPOINTS]
 
 
 def count_parameters(model: nn.Module) -> int:

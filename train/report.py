@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     per_keypoint(metrics.rmse_px_per_keypoint(pred, val.keypoints), args.out / "per_keypoint.png")
     worst_faces(val.images, pred, val.keypoints, args.out / "worst_faces.png")
     score, rmse = metrics.score(pred, val.keypoints), metrics.rmse_px(pred, val.keypoints)
-    print(f"validation score {score:.1f}, rmse {rmse:.3f} px on {len(val)} faces; figures in {args.out}/")
+    bias = (pred - val.keypoints).reshape(-1, 2).mean(0)  # a systematic offset shows here first
+    print(f"validation score {score:.1f}, rmse {rmse:.3f} px on {len(val)} faces; "
+          f"mean signed error x {bias[0]:+.2f} px, y {bias[1]:+.2f} px; figures in {args.out}/")
     return 0
 
 

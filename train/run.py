@@ -26,7 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from facekp import data as facedata  # noqa: E402
 from facekp import metrics  # noqa: E402
-from facekp.contract import IMAGE_SIZE, KEYPOINT_NAMES, NUM_KEYPOINTS, denormalize, normalize  # noqa: E402
+from facekp.contract import (  # noqa: E402
+    HALF,
+    IMAGE_SIZE,
+    KEYPOINT_NAMES,
+    NUM_KEYPOINTS,
+    denormalize,
+    normalize,
+)  # noqa: E402
 from train.augment import AugmentConfig, augment  # noqa: E402
 from train.model import KeypointNet, ServingModel, count_parameters  # noqa: E402
 
@@ -39,7 +46,7 @@ class Config:
     data: str = ""  # npz or Kaggle CSV; empty = $FACEKP_DATA or ../shared/data/facial_keypoints/
     out: str = "model_store"
     seed: int = 0
-    epochs: int = 40
+    epochs: int = 50
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -48,6 +55,8 @@ class Config:
     head: str = "heatmap"  # heatmap (soft-argmax) | regression
     widths: tuple[int, ...] = (16, 32, 96, 192)
     blocks: tuple[int, ...] = (1, 1, 2, 2)
+    head_width: int = 0  # channels of the heatmap head's fusion (0 = widths[1])
+    heatmap_size: int = 24  # 24 (from the 24x24 stage) or 48 (adds the 48x48 stage)
     loss: str = "l1"  # l1 | mse
     aux68: float = 0.5  # weight of the 68-point labels as auxiliary targets (0 = off)
     flip_tta: bool = True  # average with the mirrored pass inside the exported model
@@ -111,6 +120,11 @@ def keypoint_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.
     return diff.abs().mean() if kind == "l1" else diff.pow(2).mean()
 
 
+def label_x_offset_px(net: KeypointNet) -> float:
+    """How far right of the pixels the labels sit on average, as learned from flipped faces."""
+    return float(net.label_offset.detach()[:, 0].mean()) * HALF
+
+
 def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -144,14 +158,15 @@ def train(cfg: Config) -> dict:
     print(f"data: {faces.source}: {len(train_faces)} training faces of {len(set(train_faces.people))} people, "
           f"{len(val_faces)} validation faces of {len(set(val_faces.people))} other people")
 
-    net = KeypointNet(cfg.widths, cfg.blocks, cfg.head, extra_points=68 if use_aux else 0)
+    net = KeypointNet(cfg.widths, cfg.blocks, cfg.head, extra_points=68 if use_aux else 0,
+                      head_width=cfg.head_width, heatmap_size=cfg.heatmap_size)
     # EMA of the weights, its decay warming up so that early epochs are not averaged in for long.
     ema = AveragedModel(net, use_buffers=True,
                         avg_fn=lambda avg, new, n: avg + (new - avg) * (1 - min(cfg.ema_decay, (1 + n) / (10 + n))))
     params = count_parameters(net)
     print(f"model: {cfg.head} head, widths {cfg.widths}, blocks {cfg.blocks}, {params:,} parameters")
-    decay = [p for p in net.parameters() if p.ndim > 1]
-    no_decay = [p for p in net.parameters() if p.ndim <= 1]
+    decay = [p for name, p in net.named_parameters() if p.ndim > 1 and name != "label_offset"]
+    no_decay = [p for name, p in net.named_parameters() if p.ndim <= 1 or name == "label_offset"]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
@@ -165,7 +180,7 @@ def train(cfg: Config) -> dict:
         losses = []
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
-            images, target = augment(x_train[idx], y_train[idx], cfg.augment, gen)
+            images, target = augment(x_train[idx], y_train[idx], cfg.augment, gen, net.mirror)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total_steps, warmup, cfg.lr)
             pred = net(images)
@@ -180,12 +195,15 @@ def train(cfg: Config) -> dict:
             step += 1
         pred = denormalize(predict(ServingModel(ema.module, cfg.flip_tta), x_val))
         val_score = metrics.score(pred, val_faces.keypoints)
+        label_offset = label_x_offset_px(ema.module)
         elapsed = time.time() - start
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_score": val_score,
-                        "val_rmse_px": metrics.rmse_px(pred, val_faces.keypoints), "minutes": elapsed / 60})
+                        "val_rmse_px": metrics.rmse_px(pred, val_faces.keypoints),
+                        "label_x_offset_px": label_offset, "minutes": elapsed / 60})
         left = elapsed / epoch * (cfg.epochs - epoch)
         print(f"epoch {epoch:3d}/{cfg.epochs}  loss {history[-1]['train_loss']:.4f}  val score {val_score:7.1f}  "
-              f"rmse {history[-1]['val_rmse_px']:.3f}px  {elapsed / 60:5.1f} min  ~{left / 60:.1f} min left",
+              f"rmse {history[-1]['val_rmse_px']:.3f}px  label x offset {label_offset:+.2f}px  "
+              f"{elapsed / 60:5.1f} min  ~{left / 60:.1f} min left",
               flush=True)
 
     final = ema.module.eval()
@@ -204,6 +222,7 @@ def train(cfg: Config) -> dict:
             "score": metrics.score(pred, val_faces.keypoints),
             "rmse_px": metrics.rmse_px(pred, val_faces.keypoints),
             "rmse_px_per_keypoint": metrics.rmse_px_by_name(pred, val_faces.keypoints),
+            "label_x_offset_px": label_x_offset_px(final),
             "score_without_flip_tta": metrics.score(denormalize(predict(ServingModel(final, False), x_val)),
                                                     val_faces.keypoints),
             "faces": len(val_faces),
