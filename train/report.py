@@ -3,7 +3,7 @@
     python train/report.py                      # model_store/ -> docs/accuracy/
     python train/report.py --model-dir /tmp/m --out /tmp/figs
 
-Writes learning_curve.png and per_keypoint.png (no face pixels, committed) and
+Writes learning_curve.png, per_keypoint.png and signed_error.png (no face pixels, committed) and
 worst_faces.png (validation faces with predicted and true keypoints; it shows images of
 the data set, so it stays out of git, under its source's terms).
 """
@@ -35,6 +35,8 @@ def learning_curve(history: list[dict], path: Path) -> None:
     ax1.plot(epochs, [h["val_score"] for h in history], "o-", ms=3)
     ax1.set(xlabel="epoch", ylabel="validation score (1 / 2·MSE)", title="score on held-out people")
     ax1.axhline(100, color="grey", ls=":", lw=1)
+    ax1.axhline(700, color="tab:red", ls="--", lw=1, label="goal of issue 3 (700)")
+    ax1.legend(fontsize=8, loc="lower right")
     ax2.plot(epochs, [h["train_loss"] for h in history], "o-", ms=3, color="tab:orange", label="train L1 (normalized)")
     ax2b = ax2.twinx()
     ax2b.plot(epochs, [h["val_rmse_px"] for h in history], "s-", ms=3, color="tab:green", label="val RMSE px")
@@ -54,6 +56,23 @@ def per_keypoint(rmse: np.ndarray, path: Path) -> None:
     ax.set(xlabel="RMSE per coordinate (px, 96x96)", title="validation error per keypoint")
     for i, v in enumerate(rmse):
         ax.text(v, i, f" {v:.2f}", va="center", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def signed_error(pred: np.ndarray, true: np.ndarray, path: Path) -> None:
+    """Mean signed error per keypoint: a systematic offset (a bias, not noise) stands out here."""
+    bias = (pred - true).mean(0)
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    rows = np.arange(len(bias))
+    ax.barh(rows - 0.2, bias[:, 0], 0.4, label="x (+ = right)")
+    ax.barh(rows + 0.2, bias[:, 1], 0.4, label="y (+ = down)")
+    ax.set_yticks(rows, KEYPOINT_NAMES, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set(xlabel="mean signed error (px, predicted - true)", title="validation bias per keypoint")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -90,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     learning_curve(card["history"], args.out / "learning_curve.png")
     per_keypoint(metrics.rmse_px_per_keypoint(pred, val.keypoints), args.out / "per_keypoint.png")
+    signed_error(pred, val.keypoints, args.out / "signed_error.png")
     worst_faces(val.images, pred, val.keypoints, args.out / "worst_faces.png")
     score, rmse = metrics.score(pred, val.keypoints), metrics.rmse_px(pred, val.keypoints)
     bias = (pred - val.keypoints).reshape(-1, 2).mean(0)  # a systematic offset shows here first

@@ -1,6 +1,6 @@
 """Train the facial keypoint CNN and write the TorchScript model and its model card.
 
-    python train/run.py                       # the default recipe, ~20 min on 2 CPU cores
+    python train/run.py                       # the default recipe, ~30 min on 2 CPU cores
     python train/run.py --quick --out /tmp/m  # a one-minute smoke run
     python train/run.py --epochs 30 --head regression --data faces.csv
 
