@@ -61,9 +61,8 @@ def per_keypoint(rmse: np.ndarray, path: Path) -> None:
     plt.close(fig)
 
 
-def signed_error(pred: np.ndarray, true: np.ndarray, path: Path) -> None:
-    """Mean signed error per keypoint: a systematic offset (a bias, not noise) stands out here."""
-    bias = (pred - true).mean(0)
+def signed_error(bias: np.ndarray, path: Path) -> None:
+    """Mean signed error (15, 2) per keypoint: a systematic offset (a bias, not noise) stands out here."""
     fig, ax = plt.subplots(figsize=(8, 4.2))
     rows = np.arange(len(bias))
     ax.barh(rows - 0.2, bias[:, 0], 0.4, label="x (+ = right)")
@@ -109,12 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     learning_curve(card["history"], args.out / "learning_curve.png")
     per_keypoint(metrics.rmse_px_per_keypoint(pred, val.keypoints), args.out / "per_keypoint.png")
-    signed_error(pred, val.keypoints, args.out / "signed_error.png")
+    bias = (pred - val.keypoints).mean(0)  # per keypoint; a systematic offset shows here first
+    signed_error(bias, args.out / "signed_error.png")
     worst_faces(val.images, pred, val.keypoints, args.out / "worst_faces.png")
     score, rmse = metrics.score(pred, val.keypoints), metrics.rmse_px(pred, val.keypoints)
-    bias = (pred - val.keypoints).reshape(-1, 2).mean(0)  # a systematic offset shows here first
+    mean_x, mean_y = bias.mean(0)
     print(f"validation score {score:.1f}, rmse {rmse:.3f} px on {len(val)} faces; "
-          f"mean signed error x {bias[0]:+.2f} px, y {bias[1]:+.2f} px; figures in {args.out}/")
+          f"mean signed error x {mean_x:+.2f} px, y {mean_y:+.2f} px; figures in {args.out}/")
     return 0
 
 

@@ -33,7 +33,7 @@ from facekp.contract import (  # noqa: E402
     NUM_KEYPOINTS,
     denormalize,
     normalize,
-)  # noqa: E402
+)
 from train.augment import AugmentConfig, augment  # noqa: E402
 from train.model import KeypointNet, ServingModel, count_parameters  # noqa: E402
 
