@@ -22,6 +22,8 @@ def test_quick_training_writes_a_standalone_torchscript_model(tmp_path):
     assert card["validation"]["score"] > 0 and len(card["validation"]["rmse_px_per_keypoint"]) == 15
     assert card["parameters"] < 5_000_000 and card["size_bytes"] < 20_000_000
     assert card["torch"] == torch.__version__ and card["config"]["epochs"] == 3
+    assert card["members"] == 2 and len(card["validation"]["score_per_member"]) == 2
+    assert "[2/2] epoch   3/3" in result.stdout
 
     # Loadable without the project's code: a fresh interpreter outside the repository.
     probe = ("import torch,sys; m=torch.jit.load(sys.argv[1]); "
@@ -45,6 +47,22 @@ def test_flip_averaging_is_mirror_consistent():
         expected = net.mirror(padded)[:, :15]
     # The prediction for the mirrored face is the mirrored prediction, left/right swapped back.
     assert np.allclose(direct.numpy(), expected.numpy(), atol=1e-5)
+
+
+def test_ensemble_is_the_mean_of_its_members_each_with_its_own_mirror():
+    torch.manual_seed(0)
+    nets = [KeypointNet((4, 8, 8, 8), (1, 1, 1, 1), extra_points=68).eval() for _ in range(2)]
+    with torch.no_grad():
+        for net in nets:
+            net.label_offset.normal_(0, 0.02)
+        x = torch.rand(3, 1, 96, 96)
+        alone = [ServingModel(net)(x) for net in nets]
+        together = ServingModel(nets)(x)
+        traced = torch.jit.trace(ServingModel(nets).eval(), torch.rand(2, 1, 96, 96))(x)
+    assert together.shape == (3, 15, 2)
+    assert not torch.allclose(alone[0], alone[1])
+    assert torch.allclose(together, (alone[0] + alone[1]) / 2, atol=1e-6)
+    assert torch.allclose(traced, together, atol=1e-6)
 
 
 def test_label_mirror_is_an_involution_and_geometric_at_zero_offset():

@@ -136,22 +136,28 @@ class KeypointNet(nn.Module):
 
 
 class ServingModel(nn.Module):
-    """What is exported: the 15 contract keypoints, optionally averaged with the mirrored pass.
+    """What is exported: the 15 contract keypoints, averaged over the ensemble's members and,
+    optionally, over each member's mirrored pass.
 
-    The flip test-time augmentation lives inside the TorchScript file, so the served score
-    is the score measured in training.
+    The averaging lives inside the TorchScript file, so the served score is the score
+    measured in training. Each member mirrors with its own learned label offsets.
     """
 
-    def __init__(self, net: nn.Module, flip: bool = True):
+    def __init__(self, nets: KeypointNet | list[KeypointNet], flip: bool = True):
         super().__init__()
-        self.net = net
+        self.nets = nn.ModuleList(nets if isinstance(nets, list) else [nets])
         self.flip = flip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.flip:
-            return self.net(x)[:, :NUM_KEYPOINTS]
-        direct, flipped = self.net(torch.cat([x, x.flip(-1)])).chunk(2)
-        return 0.5 * (direct + self.net.mirror(flipped))[:, :NUM_KEYPOINTS]
+        batch = torch.cat([x, x.flip(-1)]) if self.flip else x
+        total = torch.zeros(x.shape[0], NUM_KEYPOINTS, 2, dtype=x.dtype, device=x.device)
+        for net in self.nets:
+            if self.flip:
+                direct, flipped = net(batch).chunk(2)
+                total = total + 0.5 * (direct + net.mirror(flipped))[:, :NUM_KEYPOINTS]
+            else:
+                total = total + net(batch)[:, :NUM_KEYPOINTS]
+        return total / len(self.nets)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -29,20 +29,29 @@ from facekp import metrics  # noqa: E402
 from facekp.contract import KEYPOINT_NAMES, denormalize  # noqa: E402
 
 
-def learning_curve(history: list[dict], path: Path) -> None:
-    epochs = [h["epoch"] for h in history]
+def learning_curve(history: list[dict], path: Path, ensemble_score: float | None = None) -> None:
+    """One line per ensemble member (cards from before ensembles have no 'member' field)."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax1.plot(epochs, [h["val_score"] for h in history], "o-", ms=3)
+    ax2b = ax2.twinx()
+    members = list(dict.fromkeys(h.get("member", "") for h in history))
+    for k, member in enumerate(members):
+        rows = [h for h in history if h.get("member", "") == member]
+        epochs = [h["epoch"] for h in rows]
+        name = f"member {member} " if len(members) > 1 else ""
+        ax1.plot(epochs, [h["val_score"] for h in rows], "o-", ms=3, color=f"C{k}", label=f"{name}alone".strip())
+        ax2.plot(epochs, [h["train_loss"] for h in rows], "o-", ms=3, color=f"C{k}", label=f"{name}train L1")
+        ax2b.plot(epochs, [h["val_rmse_px"] for h in rows], "s--", ms=3, color=f"C{k}", alpha=0.6,
+                  label=f"{name}val RMSE px")
+    if ensemble_score is not None and len(members) > 1:
+        ax1.plot([epochs[-1]], [ensemble_score], "*", ms=12, color="black", label=f"ensemble {ensemble_score:.1f}")
     ax1.set(xlabel="epoch", ylabel="validation score (1 / 2·MSE)", title="score on held-out people")
     ax1.axhline(100, color="grey", ls=":", lw=1)
     ax1.axhline(700, color="tab:red", ls="--", lw=1, label="goal of issue 3 (700)")
     ax1.legend(fontsize=8, loc="lower right")
-    ax2.plot(epochs, [h["train_loss"] for h in history], "o-", ms=3, color="tab:orange", label="train L1 (normalized)")
-    ax2b = ax2.twinx()
-    ax2b.plot(epochs, [h["val_rmse_px"] for h in history], "s-", ms=3, color="tab:green", label="val RMSE px")
-    ax2.set(xlabel="epoch", ylabel="train loss", title="loss and validation RMSE")
+    ax2.set(xlabel="epoch", ylabel="train loss (normalized L1)", title="loss and validation RMSE")
     ax2b.set_ylabel("validation RMSE (px)")
-    fig.legend(loc="upper right", fontsize=8)
+    handles = ax2.get_legend_handles_labels()[0] + ax2b.get_legend_handles_labels()[0]
+    ax2.legend(handles=handles, fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -106,12 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         pred = denormalize(model(torch.from_numpy(val.images).float().div(255).unsqueeze(1)).numpy())
     args.out.mkdir(parents=True, exist_ok=True)
-    learning_curve(card["history"], args.out / "learning_curve.png")
+    score, rmse = metrics.score(pred, val.keypoints), metrics.rmse_px(pred, val.keypoints)
+    learning_curve(card["history"], args.out / "learning_curve.png", score)
     per_keypoint(metrics.rmse_px_per_keypoint(pred, val.keypoints), args.out / "per_keypoint.png")
     bias = (pred - val.keypoints).mean(0)  # per keypoint; a systematic offset shows here first
     signed_error(bias, args.out / "signed_error.png")
     worst_faces(val.images, pred, val.keypoints, args.out / "worst_faces.png")
-    score, rmse = metrics.score(pred, val.keypoints), metrics.rmse_px(pred, val.keypoints)
     mean_x, mean_y = bias.mean(0)
     print(f"validation score {score:.1f}, rmse {rmse:.3f} px on {len(val)} faces; "
           f"mean signed error x {mean_x:+.2f} px, y {mean_y:+.2f} px; figures in {args.out}/")

@@ -1,6 +1,6 @@
 """Train the facial keypoint CNN and write the TorchScript model and its model card.
 
-    python train/run.py                       # the default recipe, ~30 min on 2 CPU cores
+    python train/run.py                       # the default recipe: two networks, ~35 min on 2 CPU cores
     python train/run.py --quick --out /tmp/m  # a one-minute smoke run
     python train/run.py --epochs 30 --head regression --data faces.csv
 
@@ -46,6 +46,7 @@ class Config:
     data: str = ""  # npz or Kaggle CSV; empty = $FACEKP_DATA or ../shared/data/facial_keypoints/
     out: str = "model_store"
     seed: int = 0
+    members: int = 2  # networks averaged inside the exported model, each trained from its own seed
     epochs: int = 50
     batch_size: int = 64
     lr: float = 3e-3
@@ -132,39 +133,21 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train(cfg: Config) -> dict:
-    torch.manual_seed(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    gen = torch.Generator().manual_seed(cfg.seed)
+def build_net(cfg: Config, use_aux: bool) -> KeypointNet:
+    return KeypointNet(cfg.widths, cfg.blocks, cfg.head, extra_points=68 if use_aux else 0,
+                       head_width=cfg.head_width, heatmap_size=cfg.heatmap_size)
 
-    faces = facedata.load(cfg.data or None)
-    train_faces, val_faces = facedata.split_by_person(faces)
-    complete = facedata.complete_rows(train_faces)
-    if not complete.all():
-        print(f"{(~complete).sum()} training rows have missing keypoints; the loss masks them")
-    val_complete = facedata.complete_rows(val_faces)
-    if not val_complete.all():
-        print(f"dropping {(~val_complete).sum()} validation rows with missing keypoints from scoring")
-        val_faces = val_faces.subset(np.flatnonzero(val_complete))
-    if cfg.max_train:
-        train_faces = train_faces.subset(np.arange(min(cfg.max_train, len(train_faces))))
-    use_aux = cfg.aux68 > 0
-    if use_aux and train_faces.keypoints68 is None:
-        print("the data has no keypoints68: training without the auxiliary targets")
-        use_aux = False
-    x_train, y_train = to_tensors(train_faces, use_aux)
-    x_val, _ = to_tensors(val_faces)
-    print(f"data: {faces.source}: {len(train_faces)} training faces of {len(set(train_faces.people))} people, "
-          f"{len(val_faces)} validation faces of {len(set(val_faces.people))} other people")
 
-    net = KeypointNet(cfg.widths, cfg.blocks, cfg.head, extra_points=68 if use_aux else 0,
-                      head_width=cfg.head_width, heatmap_size=cfg.heatmap_size)
+def train_member(cfg: Config, seed: int, member: int, x_train: torch.Tensor, y_train: torch.Tensor,
+                 x_val: torch.Tensor, val_keypoints: np.ndarray, use_aux: bool) -> tuple[KeypointNet, list[dict]]:
+    """Train member (0-based) from its own seed; returns the EMA weights and the per-epoch history."""
+    tag = f"[{member + 1}/{cfg.members}]"
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    net = build_net(cfg, use_aux)
     # EMA of the weights, its decay warming up so that early epochs are not averaged in for long.
     ema = AveragedModel(net, use_buffers=True,
                         avg_fn=lambda avg, new, n: avg + (new - avg) * (1 - min(cfg.ema_decay, (1 + n) / (10 + n))))
-    params = count_parameters(net)
-    print(f"model: {cfg.head} head, widths {cfg.widths}, blocks {cfg.blocks}, {params:,} parameters")
     decay = [p for name, p in net.named_parameters() if p.ndim > 1 and name != "label_offset"]
     no_decay = [p for name, p in net.named_parameters() if p.ndim <= 1 or name == "label_offset"]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -194,20 +177,57 @@ def train(cfg: Config) -> dict:
             losses.append(loss.item())
             step += 1
         pred = denormalize(predict(ServingModel(ema.module, cfg.flip_tta), x_val))
-        val_score = metrics.score(pred, val_faces.keypoints)
+        val_score = metrics.score(pred, val_keypoints)
         label_offset = label_x_offset_px(ema.module)
         elapsed = time.time() - start
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_score": val_score,
-                        "val_rmse_px": metrics.rmse_px(pred, val_faces.keypoints),
+        history.append({"member": tag, "seed": seed, "epoch": epoch, "train_loss": float(np.mean(losses)),
+                        "val_score": val_score, "val_rmse_px": metrics.rmse_px(pred, val_keypoints),
                         "label_x_offset_px": label_offset, "minutes": elapsed / 60})
-        left = elapsed / epoch * (cfg.epochs - epoch)
-        print(f"epoch {epoch:3d}/{cfg.epochs}  loss {history[-1]['train_loss']:.4f}  val score {val_score:7.1f}  "
-              f"rmse {history[-1]['val_rmse_px']:.3f}px  label x offset {label_offset:+.2f}px  "
-              f"{elapsed / 60:5.1f} min  ~{left / 60:.1f} min left",
+        left = elapsed / epoch * (cfg.epochs - epoch + (cfg.members - member - 1) * cfg.epochs)  # whole run
+        print(f"{tag} epoch {epoch:3d}/{cfg.epochs}  loss {history[-1]['train_loss']:.4f}  "
+              f"val score {val_score:7.1f}  rmse {history[-1]['val_rmse_px']:.3f}px  "
+              f"label x offset {label_offset:+.2f}px  {elapsed / 60:5.1f} min  ~{left / 60:.1f} min left",
               flush=True)
+    return ema.module.eval(), history
 
-    final = ema.module.eval()
-    exported = ServingModel(final, cfg.flip_tta).eval()
+
+def train(cfg: Config) -> dict:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    start = time.time()
+    faces = facedata.load(cfg.data or None)
+    train_faces, val_faces = facedata.split_by_person(faces)
+    complete = facedata.complete_rows(train_faces)
+    if not complete.all():
+        print(f"{(~complete).sum()} training rows have missing keypoints; the loss masks them")
+    val_complete = facedata.complete_rows(val_faces)
+    if not val_complete.all():
+        print(f"dropping {(~val_complete).sum()} validation rows with missing keypoints from scoring")
+        val_faces = val_faces.subset(np.flatnonzero(val_complete))
+    if cfg.max_train:
+        train_faces = train_faces.subset(np.arange(min(cfg.max_train, len(train_faces))))
+    use_aux = cfg.aux68 > 0
+    if use_aux and train_faces.keypoints68 is None:
+        print("the data has no keypoints68: training without the auxiliary targets")
+        use_aux = False
+    x_train, y_train = to_tensors(train_faces, use_aux)
+    x_val, _ = to_tensors(val_faces)
+    print(f"data: {faces.source}: {len(train_faces)} training faces of {len(set(train_faces.people))} people, "
+          f"{len(val_faces)} validation faces of {len(set(val_faces.people))} other people")
+
+    # Members differ only by seed (initialization, batch order, augmentation); seeds of runs
+    # with different --seed never overlap.
+    seeds = [cfg.seed * cfg.members + k for k in range(cfg.members)]
+    print(f"model: {cfg.members} x {cfg.head} head, widths {cfg.widths}, blocks {cfg.blocks}, "
+          f"{cfg.members} x {count_parameters(build_net(cfg, use_aux)):,} parameters")
+    nets, history = [], []
+    for k, seed in enumerate(seeds):
+        print(f"[{k + 1}/{cfg.members}] training member {k + 1} of {cfg.members} (seed {seed})", flush=True)
+        net, member_history = train_member(cfg, seed, k, x_train, y_train, x_val, val_faces.keypoints, use_aux)
+        nets.append(net)
+        history += member_history
+
+    exported = ServingModel(nets, cfg.flip_tta).eval()
     pred = denormalize(predict(exported, x_val))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -222,13 +242,16 @@ def train(cfg: Config) -> dict:
             "score": metrics.score(pred, val_faces.keypoints),
             "rmse_px": metrics.rmse_px(pred, val_faces.keypoints),
             "rmse_px_per_keypoint": metrics.rmse_px_by_name(pred, val_faces.keypoints),
-            "label_x_offset_px": label_x_offset_px(final),
-            "score_without_flip_tta": metrics.score(denormalize(predict(ServingModel(final, False), x_val)),
+            "score_per_member": [h["val_score"] for h in history if h["epoch"] == cfg.epochs],
+            "label_x_offset_px": [label_x_offset_px(net) for net in nets],
+            "score_without_flip_tta": metrics.score(denormalize(predict(ServingModel(nets, False), x_val)),
                                                     val_faces.keypoints),
             "faces": len(val_faces),
             "people": len(set(val_faces.people)),
         },
-        "parameters": params,
+        "members": len(nets),
+        "member_seeds": seeds,
+        "parameters": count_parameters(exported),
         "size_bytes": (out / MODEL_FILE).stat().st_size,
         "training_minutes": round((time.time() - start) / 60, 2),
         "data": {"path": faces.source, "faces": len(faces), "train_faces": len(train_faces),
@@ -240,9 +263,10 @@ def train(cfg: Config) -> dict:
         "history": history,
     }
     (out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    members = ", ".join(f"{s:.1f}" for s in card["validation"]["score_per_member"])
     print(f"saved {out / MODEL_FILE} ({card['size_bytes'] / 1e6:.1f} MB) and {out / CARD_FILE}: "
-          f"validation score {card['validation']['score']:.1f}, rmse {card['validation']['rmse_px']:.3f} px, "
-          f"{card['training_minutes']:.1f} min")
+          f"validation score {card['validation']['score']:.1f} (members alone: {members}), "
+          f"rmse {card['validation']['rmse_px']:.3f} px, {card['training_minutes']:.1f} min")
     return card
 
 
