@@ -84,3 +84,11 @@ def test_missing_data_is_a_clear_error(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "data set not found" in result.stderr and "Accepted formats" in result.stderr
+
+
+def test_an_empty_ensemble_is_refused_before_any_work(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "run.py"), "--members", "0",
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "--members and --epochs must be at least 1" in result.stderr
+    assert not (tmp_path / "model_card.json").exists()

@@ -95,6 +95,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
             setattr(cfg.augment, key[4:], value)
         else:
             setattr(cfg, key, tuple(value) if isinstance(value, list) else value)
+    if cfg.members < 1 or cfg.epochs < 1:
+        parser.error("--members and --epochs must be at least 1")
     return cfg
 
 
