@@ -150,14 +150,14 @@ class ServingModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = torch.cat([x, x.flip(-1)]) if self.flip else x
-        total = torch.zeros(x.shape[0], NUM_KEYPOINTS, 2, dtype=x.dtype, device=x.device)
+        members = []
         for net in self.nets:
+            out = net(batch)
             if self.flip:
-                direct, flipped = net(batch).chunk(2)
-                total = total + 0.5 * (direct + net.mirror(flipped))[:, :NUM_KEYPOINTS]
-            else:
-                total = total + net(batch)[:, :NUM_KEYPOINTS]
-        return total / len(self.nets)
+                direct, flipped = out.chunk(2)
+                out = 0.5 * (direct + net.mirror(flipped))
+            members.append(out[:, :NUM_KEYPOINTS])
+        return torch.stack(members).mean(0)
 
 
 def count_parameters(model: nn.Module) -> int:

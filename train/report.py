@@ -43,7 +43,8 @@ def learning_curve(history: list[dict], path: Path, ensemble_score: float | None
         ax2b.plot(epochs, [h["val_rmse_px"] for h in rows], "s--", ms=3, color=f"C{k}", alpha=0.6,
                   label=f"{name}val RMSE px")
     if ensemble_score is not None and len(members) > 1:
-        ax1.plot([epochs[-1]], [ensemble_score], "*", ms=12, color="black", label=f"ensemble {ensemble_score:.1f}")
+        ax1.plot([history[-1]["epoch"]], [ensemble_score], "*", ms=12, color="black",
+                 label=f"ensemble {ensemble_score:.1f}")
     ax1.set(xlabel="epoch", ylabel="validation score (1 / 2·MSE)", title="score on held-out people")
     ax1.axhline(100, color="grey", ls=":", lw=1)
     ax1.axhline(700, color="tab:red", ls="--", lw=1, label="goal of issue 3 (700)")

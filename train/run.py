@@ -144,6 +144,7 @@ def train_member(cfg: Config, seed: int, member: int, x_train: torch.Tensor, y_t
                  x_val: torch.Tensor, val_keypoints: np.ndarray, use_aux: bool) -> tuple[KeypointNet, list[dict]]:
     """Train member (0-based) from its own seed; returns the EMA weights and the per-epoch history."""
     tag = f"[{member + 1}/{cfg.members}]"
+    print(f"{tag} training member {member + 1} of {cfg.members} (seed {seed})", flush=True)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     net = build_net(cfg, use_aux)
@@ -224,7 +225,6 @@ def train(cfg: Config) -> dict:
           f"{cfg.members} x {count_parameters(build_net(cfg, use_aux)):,} parameters")
     nets, history = [], []
     for k, seed in enumerate(seeds):
-        print(f"[{k + 1}/{cfg.members}] training member {k + 1} of {cfg.members} (seed {seed})", flush=True)
         net, member_history = train_member(cfg, seed, k, x_train, y_train, x_val, val_faces.keypoints, use_aux)
         nets.append(net)
         history += member_history
