@@ -50,9 +50,14 @@ class FaceData:
         return FaceData(self.images[index], self.keypoints[index], self.people[index], k68, self.source)
 
 
+def data_path(path: str | os.PathLike | None = None) -> Path:
+    """Where the data set is looked for: --data, else $FACEKP_DATA, else ../shared beside the checkout."""
+    return Path(path or os.environ.get(DATA_ENV) or DEFAULT_DATA)
+
+
 def resolve_data_path(path: str | os.PathLike | None = None) -> Path:
-    """--data, else $FACEKP_DATA, else the shared data folder beside the checkout."""
-    chosen = Path(path or os.environ.get(DATA_ENV) or DEFAULT_DATA)
+    """data_path(), which must exist."""
+    chosen = data_path(path)
     if not chosen.exists():
         raise DataError(f"data set not found at {chosen}. {FORMATS_HELP}")
     return chosen
@@ -120,9 +125,21 @@ def is_validation_person(person: str) -> bool:
     return zlib.crc32(person.encode()) % 100 < VALIDATION_PERCENT
 
 
-def split_by_person(data: FaceData) -> tuple[FaceData, FaceData]:
-    """(train, validation), with no person on both sides."""
-    val = np.array([is_validation_person(p) for p in data.people])
+def fold_of(person: str, folds: int) -> int:
+    """The cross-validation fold a person is validated in: every person in exactly one."""
+    return zlib.crc32(person.encode()) % folds
+
+
+def split_by_person(data: FaceData, fold: int = -1, folds: int = 5) -> tuple[FaceData, FaceData]:
+    """(train, validation), with no person on both sides.
+
+    fold -1 is the fixed validation split (15 % of people); fold k of folds is k-fold
+    cross-validation over people.
+    """
+    if fold < 0:
+        val = np.array([is_validation_person(p) for p in data.people])
+    else:
+        val = np.array([fold_of(p, folds) == fold for p in data.people])
     return data.subset(np.flatnonzero(~val)), data.subset(np.flatnonzero(val))
 
 

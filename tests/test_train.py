@@ -7,11 +7,12 @@ import sys
 import numpy as np
 import torch
 
+from facekp import data as facedata
 from facekp.data import REPO_ROOT
 from train.model import KeypointNet, ServingModel
 
 
-def test_quick_training_writes_a_standalone_torchscript_model(tmp_path):
+def test_quick_training_writes_a_standalone_torchscript_model(tmp_path, needs_data):
     out = tmp_path / "model"
     result = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "run.py"), "--quick", "--out", str(out)],
                             capture_output=True, text=True, timeout=300)
@@ -76,6 +77,32 @@ def test_label_mirror_is_an_involution_and_geometric_at_zero_offset():
         net.label_offset.normal_(0, 0.05)
         assert torch.allclose(net.mirror(net.mirror(kp)), kp, atol=1e-6)
         assert not torch.allclose(net.mirror(kp)[:, :15], geometric)
+
+
+def test_one_cross_validation_fold_validates_its_own_people(tmp_path, faces):
+    out = tmp_path / "cv"
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "cv.py"), "--folds", "5", "--only", "2",
+                             "--out", str(out), "--", "--quick", "--members", "1", "--epochs", "1"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "cv.json").read_text())
+    _, fold_people = facedata.split_by_person(faces, 2, 5)
+    assert summary["folds_done"] == [2] and summary["faces"] == len(fold_people)
+    assert set(summary["per_person_score"]) == set(fold_people.people)
+    low, high = summary["bootstrap_95"]
+    assert low < summary["pooled_score"] < high
+    card = json.loads((out / "fold_2" / "model_card.json").read_text())
+    assert card["data"]["train_faces"] == len(faces) - len(fold_people)
+    assert "pooled score" in result.stdout
+
+
+def test_folds_cover_every_person_exactly_once(faces):
+    validated = [set(facedata.split_by_person(faces, k, 5)[1].people) for k in range(5)]
+    assert sum(len(v) for v in validated) == len(set(faces.people))
+    assert set().union(*validated) == set(faces.people)
+    for k in range(5):
+        train, val = facedata.split_by_person(faces, k, 5)
+        assert not set(train.people) & set(val.people)
 
 
 def test_missing_data_is_a_clear_error(tmp_path):

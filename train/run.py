@@ -46,6 +46,8 @@ class Config:
     data: str = ""  # npz or Kaggle CSV; empty = $FACEKP_DATA or ../shared/data/facial_keypoints/
     out: str = "model_store"
     seed: int = 0
+    fold: int = -1  # -1: the fixed 15 % validation people; k: validate on fold k of --folds (train/cv.py)
+    folds: int = 5
     members: int = 2  # networks averaged inside the exported model, each trained from its own seed
     epochs: int = 50
     batch_size: int = 64
@@ -97,6 +99,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
             setattr(cfg, key, tuple(value) if isinstance(value, list) else value)
     if cfg.members < 1 or cfg.epochs < 1:
         parser.error("--members and --epochs must be at least 1")
+    if cfg.folds < 2 or cfg.fold >= cfg.folds:
+        parser.error("--fold must be below --folds, and --folds at least 2")
     return cfg
 
 
@@ -194,12 +198,18 @@ def train_member(cfg: Config, seed: int, member: int, x_train: torch.Tensor, y_t
     return ema.module.eval(), history
 
 
+def split_rule(cfg: Config) -> str:
+    if cfg.fold < 0:
+        return f"by person, crc32(name) % 100 < {facedata.VALIDATION_PERCENT} -> validation"
+    return f"by person, crc32(name) % {cfg.folds} == {cfg.fold} -> validation (fold {cfg.fold} of {cfg.folds})"
+
+
 def train(cfg: Config) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     start = time.time()
     faces = facedata.load(cfg.data or None)
-    train_faces, val_faces = facedata.split_by_person(faces)
+    train_faces, val_faces = facedata.split_by_person(faces, cfg.fold, cfg.folds)
     complete = facedata.complete_rows(train_faces)
     if not complete.all():
         print(f"{(~complete).sum()} training rows have missing keypoints; the loss masks them")
@@ -257,7 +267,7 @@ def train(cfg: Config) -> dict:
         "size_bytes": (out / MODEL_FILE).stat().st_size,
         "training_minutes": round((time.time() - start) / 60, 2),
         "data": {"path": faces.source, "faces": len(faces), "train_faces": len(train_faces),
-                 "split": f"by person, crc32(name) % 100 < {facedata.VALIDATION_PERCENT} -> validation"},
+                 "split": split_rule(cfg)},
         "config": dataclasses.asdict(cfg),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

@@ -1,0 +1,145 @@
+"""Person-level k-fold cross-validation of a training recipe: every person validated exactly once.
+
+    python train/cv.py --folds 5 --out runs/cv                      # the default recipe, all folds
+    python train/cv.py --folds 5 --out runs/cv-m1e25 -- --members 1 --epochs 25   # a short proxy
+    python train/cv.py --folds 5 --only 0 --out /tmp/cv -- --quick  # one fold (the quick test)
+
+Flags after `--` go to train/run.py unchanged. Each fold trains with `--fold k --folds N` into
+OUT/fold_k and saves its predictions there; a fold already done is kept (rerun to resume).
+The summary pools the predictions of all folds done so far: the pooled score, the mean and
+spread over folds, a 95 % bootstrap interval over people, and the score per person
+(OUT/cv.json, OUT/per_person.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from facekp import data as facedata  # noqa: E402
+from facekp import metrics  # noqa: E402
+from facekp.contract import denormalize  # noqa: E402
+from train import run  # noqa: E402
+
+PREDICTIONS = "predictions.npz"
+
+
+def run_fold(fold: int, folds: int, out: Path, train_args: list[str]) -> Path:
+    """Train one fold (unless already done) and save its validation predictions; returns the file."""
+    fold_dir = out / f"fold_{fold}"
+    done = fold_dir / PREDICTIONS
+    if done.exists():
+        print(f"fold {fold}/{folds}: kept {done}", flush=True)
+        return done
+    cfg = run.parse_args([*train_args, "--fold", str(fold), "--folds", str(folds), "--out", str(fold_dir)])
+    print(f"fold {fold}/{folds}: training", flush=True)
+    card = run.train(cfg)
+    _, val = facedata.split_by_person(facedata.load(cfg.data or None), fold, folds)
+    model = torch.jit.load(str(fold_dir / run.MODEL_FILE))
+    x_val, _ = run.to_tensors(val)
+    pred = denormalize(run.predict(model, x_val))
+    np.savez(done, pred=pred, truth=val.keypoints, people=val.people, minutes=card["training_minutes"])
+    return done
+
+
+def bootstrap_interval(per_image_mse: np.ndarray, people: np.ndarray, rounds: int = 2000,
+                       seed: int = 0) -> tuple[float, float]:
+    """95 % interval of the pooled score when the people themselves are resampled."""
+    names, index = np.unique(people, return_inverse=True)
+    sums = np.bincount(index, per_image_mse)
+    counts = np.bincount(index)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(names), size=(rounds, len(names)))
+    scores = 1 / (2 * sums[draws].sum(axis=1) / counts[draws].sum(axis=1))
+    low, high = np.percentile(scores, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def summarize(files: list[Path], folds: int) -> dict:
+    parts = [np.load(f) for f in files]
+    pred = np.concatenate([p["pred"] for p in parts])
+    truth = np.concatenate([p["truth"] for p in parts])
+    people = np.concatenate([p["people"] for p in parts])
+    fold_scores = [metrics.score(p["pred"], p["truth"]) for p in parts]
+    mse = metrics.per_image_mse(pred, truth)
+    per_person = {name: float(1 / (2 * mse[people == name].mean())) for name in np.unique(people)}
+    low, high = bootstrap_interval(mse, people)
+    return {
+        "folds": folds,
+        "folds_done": [int(f.parent.name.split("_")[1]) for f in files],
+        "pooled_score": metrics.score(pred, truth),
+        "pooled_rmse_px": metrics.rmse_px(pred, truth),
+        "bootstrap_95": [low, high],
+        "fold_scores": fold_scores,
+        "fold_mean": float(np.mean(fold_scores)),
+        "fold_std": float(np.std(fold_scores, ddof=1)) if len(fold_scores) > 1 else 0.0,
+        "faces": len(truth),
+        "people": len(per_person),
+        "training_minutes": [float(p["minutes"]) for p in parts],
+        "per_person_score": dict(sorted(per_person.items(), key=lambda kv: kv[1])),
+    }
+
+
+def plot_per_person(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scores = list(summary["per_person_score"].values())
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.bar(range(len(scores)), scores, width=1.0, color="tab:blue")
+    ax.axhline(summary["pooled_score"], color="black", lw=1, label=f"pooled {summary['pooled_score']:.0f}")
+    ax.axhline(700, color="tab:red", lw=1, ls="--", label="goal 700")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"person (sorted), {summary['people']} people")
+    ax.set_ylabel("score of the person's faces")
+    ax.set_title(f"{len(summary['folds_done'])}-of-{summary['folds']}-fold cross-validation, score per person")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    train_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    own = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--only", type=int, nargs="+", default=None, help="run these folds only (0-based)")
+    parser.add_argument("--out", type=Path, default=Path("runs/cv"))
+    args = parser.parse_args(own)
+    folds = args.only if args.only is not None else list(range(args.folds))
+    if args.folds < 2 or any(not 0 <= k < args.folds for k in folds):
+        parser.error(f"--only takes folds 0..{args.folds - 1}, and --folds is at least 2")
+    try:
+        files = [run_fold(k, args.folds, args.out, train_args) for k in folds]
+    except facedata.DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    summary = summarize(files, args.folds)
+    summary["train_args"] = train_args
+    (args.out / "cv.json").write_text(json.dumps(summary, indent=2) + "\n")
+    try:
+        plot_per_person(summary, args.out / "per_person.png")
+    except ImportError:
+        pass  # matplotlib is a dev requirement; the numbers are in cv.json
+    scores = ", ".join(f"{s:.1f}" for s in summary["fold_scores"])
+    low, high = summary["bootstrap_95"]
+    print(f"cross-validation over {summary['people']} people, {summary['faces']} faces, folds {summary['folds_done']}"
+          f" of {args.folds}:\npooled score {summary['pooled_score']:.1f} (rmse {summary['pooled_rmse_px']:.3f} px),"
+          f" 95 % bootstrap over people {low:.1f} to {high:.1f}\nfold scores {scores}: mean {summary['fold_mean']:.1f}"
+          f" sd {summary['fold_std']:.1f}\nwrote {args.out / 'cv.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
