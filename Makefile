@@ -35,9 +35,9 @@ status: $(VENV)/.runtime
 archive: $(VENV)/.runtime
 	$(PY) -m facekp.server archive
 
-## samples: a few faces of validation people as PNG/JPEG in samples/ (git-ignored)
+## samples: a few faces of validation people as PNG/JPEG in samples/ (git-ignored), when the data set is found
 samples: $(VENV)/.runtime
-	@test -f samples/face_0.png || $(PY) -m facekp.samples --out samples
+	@test -f samples/face_0.png || $(PY) -m facekp.samples --out samples --if-found
 
 ## train: the default training recipe; writes model_store/keypoints.pt and model_card.json
 train: $(VENV)/.runtime

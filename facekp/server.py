@@ -28,6 +28,8 @@ from facekp.data import REPO_ROOT
 
 MODEL_NAME = "keypoints"
 MODEL_FILE = REPO_ROOT / "model_store" / "keypoints.pt"
+TRY_IMAGE = "samples/astronaut_face.png"
+"""A committed public-domain face (see samples/SOURCE.md): always there, with or without the data set."""
 MODEL_STORE = REPO_ROOT / "model_store"
 SHIPPED_CONFIG = REPO_ROOT / "serve" / "config.properties"
 MODEL_CONFIG = REPO_ROOT / "serve" / "model-config.yaml"
@@ -290,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ready: {len(workers)} worker(s) READY for model '{MODEL_NAME}' "
                   f"(inference {service.inference_url}, management {service.management_url}, "
                   f"metrics {service.metrics_url})")
-            print(f"try:  curl -T samples/face_0.png {service.inference_url}/predictions/{MODEL_NAME}")
+            print(f"try:  curl -T {TRY_IMAGE} {service.inference_url}/predictions/{MODEL_NAME}")
             print("stop: make stop")
         elif args.action == "stop":
             print("stopped" if service.stop() else f"no service running from {service.run_dir}")

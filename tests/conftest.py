@@ -1,7 +1,12 @@
-"""Shared fixtures: the real data set (from ../shared or $FACEKP_DATA) and a few real faces."""
+"""Shared fixtures: the real data set (from ../shared or $FACEKP_DATA) and a few real faces.
+
+Without the data set, the tests that need it are skipped (one line says where it was looked
+for and how to get it) and the rest run; under CI=true a missing data set fails them instead.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,8 +39,42 @@ def running_service(root: Path, model_config: str, **service_args) -> Iterator[S
         service.stop()
 
 
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true")
+DATA_PATH = facedata.data_path()
+NO_DATA = (
+    f"data set not found at {DATA_PATH}: the tests that need it are skipped. Get it: put ../shared beside "
+    f"the checkout, or set {facedata.DATA_ENV}=PATH to the .npz or a CSV in the Kaggle layout "
+    "(left_eye_center_x, ..., Image); the tools take --data PATH"
+)
+
+
+def pytest_report_header(config) -> str:
+    return f"data set: {DATA_PATH}" if DATA_PATH.exists() else NO_DATA
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not DATA_PATH.exists():
+        terminalreporter.write_line(NO_DATA, yellow=True)
+
+
+def require_data() -> None:
+    """Skip the calling test without the data set; under CI=true, fail it."""
+    if DATA_PATH.exists():
+        return
+    if IN_CI:
+        pytest.fail(f"CI=true and {NO_DATA.split(':')[0]}", pytrace=False)
+    pytest.skip("no data set (see the line at the end)")
+
+
+@pytest.fixture
+def needs_data() -> None:
+    """For tests that read the data set without the `faces` fixture (subprocesses, load mixes)."""
+    require_data()
+
+
 @pytest.fixture(scope="session")
 def faces() -> facedata.FaceData:
+    require_data()
     try:
         return facedata.load()
     except facedata.DataError as err:

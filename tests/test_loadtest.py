@@ -13,11 +13,12 @@ from facekp.replies import check_reply
 from loadtest import run
 from loadtest.images import MIX, build_mix
 from loadtest.loadgen import run_load
-from tests.conftest import running_service
+from tests.conftest import require_data, running_service
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
+    require_data()  # every upload of the load tests is a face of the data set
     config = ("minWorkers: 1\nmaxWorkers: 1\nbatchSize: 4\nmaxBatchDelay: 5\nresponseTimeout: 60\n"
               "handler:\n  torch_threads: 1\n")
     with running_service(tmp_path_factory.mktemp("loadtest"), config) as svc:
@@ -38,7 +39,7 @@ def test_check_reply_wants_200_and_the_15_contract_keypoints():
     assert "not a keypoint answer" in check_reply(200, "<html>")
 
 
-def test_upload_mix_holds_every_kind():
+def test_upload_mix_holds_every_kind(needs_data):
     uploads = build_mix(8)
     assert {u.kind for u in uploads} == {k.label for k in MIX}
     assert all(u.body for u in uploads)

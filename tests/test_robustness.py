@@ -238,6 +238,7 @@ def test_bad_input_in_a_batch_with_good_faces(service, cases, faces96, name):
     assert worker_state(service) == before, "the worker died or restarted"
 
 
+@pytest.mark.usefixtures("faces96")  # the bursts above send the data set's faces
 def test_bad_and_good_requests_really_shared_batches(service):
     """The bursts above were batched together: some batch holds both an answer and a refusal."""
     log = (service.log_dir / "model_log.log").read_text(errors="replace")
