@@ -35,7 +35,8 @@ SHIPPED_CONFIG = REPO_ROOT / "serve" / "config.properties"
 MODEL_CONFIG = REPO_ROOT / "serve" / "model-config.yaml"
 RUN_DIR = REPO_ROOT / ".serve"
 BIN = Path(sys.executable).parent
-ARCHIVED_MODULES = {"handler": ["__init__.py", "processing.py"], "facekp": ["__init__.py", "contract.py"]}
+ARCHIVED_MODULES = {"handler": ["__init__.py", "processing.py", "kserve_protocol.py"],
+                    "facekp": ["__init__.py", "contract.py"]}
 """What the handler imports at serving time; nothing else of the project goes into the .mar."""
 CRASH_LOOP_STOPS = 3
 """Worker stops during start-up after which waiting for READY is pointless."""
@@ -117,6 +118,8 @@ class Service:
     token_auth: bool = False
     config: Path = SHIPPED_CONFIG
     extra_config: dict[str, str] = field(default_factory=dict)
+    models_from_config: bool = False
+    """Load the models that the config's model_snapshot names (KServe's layout) instead of --models."""
 
     @property
     def inference_url(self) -> str:
@@ -187,7 +190,9 @@ class Service:
             raise ServiceError(f"model archive {archive} is missing: build it with `make archive`")
         shutil.rmtree(self.log_dir, ignore_errors=True)
         cmd = ["torchserve", "--start", "--ncs", "--model-store", str(archive.parent.resolve()),
-               "--models", f"{MODEL_NAME}={archive.name}", "--ts-config", str(self._write_config())]
+               "--ts-config", str(self._write_config())]
+        if not self.models_from_config:
+            cmd += ["--models", f"{MODEL_NAME}={archive.name}"]
         if not self.token_auth:
             cmd.append("--disable-token-auth")
         # Not a pipe: the frontend inherits the launcher's stdout and would hold a pipe open forever.

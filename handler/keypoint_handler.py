@@ -2,6 +2,11 @@
 
 BaseHandler loads the TorchScript file from the archive onto the GPU when TorchServe gives
 the worker one, else the CPU; everything else is a plain function in handler.processing.
+
+KServe: with `service_envelope=kservev2` (or `kserve`) TorchServe wraps this handler in its own
+envelope, which reads only the first request of a batch and answers the batch as one
+(pytorch/serve #2158, #1302). The handler reads each request's KServe JSON itself
+(handler.kserve_protocol), so `initialize` turns those envelopes into pass-throughs.
 """
 
 from __future__ import annotations
@@ -19,6 +24,16 @@ from handler.processing import MAX_PIXELS, answer_batch
 logger = logging.getLogger(__name__)
 
 
+def _pass_kserve_envelopes_through() -> None:
+    """Make TorchServe's KServe envelopes hand the whole batch over unchanged, and take the answers as they are."""
+    from ts.torch_handler.request_envelope.kserve import KServeEnvelope
+    from ts.torch_handler.request_envelope.kservev2 import KServev2Envelope
+
+    for envelope in (KServeEnvelope, KServev2Envelope):
+        envelope.parse_input = lambda self, data: data
+        envelope.format_output = lambda self, data: data
+
+
 class KeypointHandler(BaseHandler):
     def initialize(self, context) -> None:
         super().initialize(context)
@@ -26,6 +41,8 @@ class KeypointHandler(BaseHandler):
         self.max_pixels = int(settings.get("max_pixels", MAX_PIXELS))
         if settings.get("torch_threads"):  # intra-op threads per worker; see docs/performance.md
             torch.set_num_threads(int(settings["torch_threads"]))
+        self.model_name = context.manifest["model"]["modelName"]
+        _pass_kserve_envelopes_through()
 
     @torch.inference_mode()
     def run_model(self, batch: np.ndarray) -> np.ndarray:
@@ -33,7 +50,7 @@ class KeypointHandler(BaseHandler):
 
     def handle(self, data: list[dict], context) -> list[str]:
         headers = [context.get_all_request_header(i) for i in range(len(data))]
-        replies = answer_batch(data, self.run_model, self.max_pixels, headers)
+        replies = answer_batch(data, self.run_model, self.max_pixels, headers, self.model_name)
         refused = sum(reply.status != 200 for reply in replies)
         logger.info("batch of %d: %d answered, %d refused", len(replies), len(replies) - refused, refused)
         for i, reply in enumerate(replies):

@@ -7,6 +7,7 @@ any other server the model moves to, and is unit-tested on its own.
 from __future__ import annotations
 
 import io
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from facekp.contract import HALF, IMAGE_SIZE, KEYPOINT_NAMES
+from handler import kserve_protocol
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +63,18 @@ class Frame:
     pad_y: float
 
 
-def request_body(request: dict[str, Any], headers: Mapping[str, Any] | None = None) -> bytes:
-    """The image bytes of one TorchServe request: a raw body or exactly one multipart file.
+@dataclass(frozen=True)
+class Incoming:
+    """One request's image file, and the KServe protocol it came in (None: a plain upload)."""
+
+    image: bytes
+    protocol: str | None = None
+    envelope: Mapping[str, Any] | None = None
+    """The JSON request of a KServe protocol, for the answer (its id)."""
+
+
+def read_request(request: dict[str, Any], headers: Mapping[str, Any] | None = None) -> Incoming:
+    """The image of one TorchServe request: a raw body, exactly one multipart file, or a KServe v2/v1 JSON body.
 
     `headers` are TorchServe's properties of the request (its HTTP headers, plus per form part
     {"content-type": ...}, "" for a plain form field). They tell a form field from a file and an
@@ -75,15 +87,24 @@ def request_body(request: dict[str, Any], headers: Mapping[str, Any] | None = No
         raise RequestError(415, FORM_POST_MESSAGE)
     if "body" in request or "data" in request:
         body = request.get("body", request.get("data"))
+        if isinstance(body, (bytes, bytearray)) and body[:1] == b"{":
+            body = _json_or_bytes(bytes(body))  # a KServe request sent without Content-Type: application/json
         if isinstance(body, (bytes, bytearray)):
-            return bytes(body)
+            return Incoming(bytes(body))
         if body is None or body == b"" or body == "":
             raise RequestError(400, EMPTY_BODY_MESSAGE)
-        raise RequestError(
-            415,
-            f"expected image bytes, got {type(body).__name__} (the Content-Type said text or JSON); "
-            "send the image as the raw body (curl -T face.png URL) or as a multipart file",
-        )
+        protocol = kserve_protocol.protocol_of(body)
+        if protocol is None:
+            raise RequestError(
+                415,
+                f"expected image bytes, got {type(body).__name__} (the Content-Type said text or JSON) that is not "
+                "a KServe request; send the image as the raw body (curl -T face.png URL), as a multipart file, "
+                f"or as KServe v2 JSON: {kserve_protocol.V2_EXAMPLE}",
+            )
+        try:
+            return Incoming(kserve_protocol.image_from_kserve(body), protocol, body)
+        except kserve_protocol.ProtocolError as err:
+            raise RequestError(400, str(err)) from None
     files = [name for name, value in request.items()
              if isinstance(value, (bytes, bytearray)) and not _is_form_field(headers, name)]
     if not files:
@@ -93,7 +114,16 @@ def request_body(request: dict[str, Any], headers: Mapping[str, Any] | None = No
     if len(files) > 1:
         raise RequestError(400, f"multipart request holds {len(files)} files ({', '.join(map(repr, files))}): "
                                 "send one image per request")
-    return bytes(request[files[0]])
+    return Incoming(bytes(request[files[0]]))
+
+
+def _json_or_bytes(body: bytes) -> Any:
+    """The parsed JSON of a body that is a KServe request, else the body unchanged (an image never starts with {)."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return body
+    return parsed if kserve_protocol.protocol_of(parsed) else body
 
 
 def _header(headers: Mapping[str, Any], name: str) -> str:
@@ -207,7 +237,7 @@ class Reply:
 def prepare(request: dict[str, Any], max_pixels: int = MAX_PIXELS,
             headers: Mapping[str, Any] | None = None) -> tuple[np.ndarray, Frame]:
     """One TorchServe request -> model input and frame, or RequestError."""
-    return to_model_input(decode_image(request_body(request, headers), max_pixels))
+    return to_model_input(decode_image(read_request(request, headers).image, max_pixels))
 
 
 def answer_batch(
@@ -215,17 +245,21 @@ def answer_batch(
     run_model: Callable[[np.ndarray], np.ndarray],
     max_pixels: int = MAX_PIXELS,
     headers: list[Mapping[str, Any]] | None = None,
+    model_name: str = "keypoints",
 ) -> list[Reply]:
     """Answer a server-side batch: bad requests get their own 4xx, the rest one model call.
+
+    Each answer is in its own request's form: plain JSON, or KServe v2/v1 (model_name goes into v2's).
 
     An unexpected error while reading one request (a bug, not bad input) fails that request
     alone with a 500, not the whole batch.
     """
     replies: list[Reply | None] = [None] * len(requests)
-    inputs, frames, slots = [], [], []
+    inputs, frames, slots, incomings = [], [], [], []
     for i, request in enumerate(requests):
         try:
-            tensor, frame = prepare(request, max_pixels, headers[i] if headers else None)
+            incoming = read_request(request, headers[i] if headers else None)
+            tensor, frame = to_model_input(decode_image(incoming.image, max_pixels))
         except RequestError as err:
             replies[i] = Reply(err.status, error_json(err))
             continue
@@ -236,8 +270,12 @@ def answer_batch(
         inputs.append(tensor)
         frames.append(frame)
         slots.append(i)
+        incomings.append(incoming)
     if inputs:
         outputs = run_model(np.stack(inputs))
-        for slot, output, frame in zip(slots, outputs, frames, strict=True):
-            replies[slot] = Reply(200, keypoints_json(to_image_coordinates(output, frame), frame))
+        for slot, output, frame, incoming in zip(slots, outputs, frames, incomings, strict=True):
+            answer = keypoints_json(to_image_coordinates(output, frame), frame)
+            if incoming.protocol:
+                answer = kserve_protocol.kserve_answer(incoming.protocol, answer, incoming.envelope, model_name)
+            replies[slot] = Reply(200, answer)
     return replies  # type: ignore[return-value]

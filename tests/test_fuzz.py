@@ -159,10 +159,10 @@ def test_well_formed_images_of_any_size_and_mode(width, height, mode, fmt, seed)
                                                                           st.none(), st.integers()), max_size=4),
        content_type=st.sampled_from(["", "image/png", "application/x-www-form-urlencoded", "multipart/form-data"]))
 def test_any_request_dict_gives_bytes_or_a_4xx(parts, content_type):
-    """request_body over any shape TorchServe could hand over, with or without per-part headers."""
+    """read_request over any shape TorchServe could hand over, with or without per-part headers."""
     headers = {"Content-Type": content_type, **{name: {"content-type": ""} for name in list(parts)[:1]}}
     try:
-        body = processing.request_body(parts, headers)
+        body = processing.read_request(parts, headers).image
     except RequestError as err:
         assert 400 <= err.status < 500
         return

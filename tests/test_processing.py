@@ -117,16 +117,16 @@ def test_decompression_bomb_refused_from_header():
 
 def test_multipart_needs_exactly_one_file(face):
     png = encode(face, "PNG")
-    assert processing.request_body({"file": png, "note": "hi"}) == png
+    assert processing.read_request({"file": png, "note": "hi"}).image == png
     with pytest.raises(RequestError, match="no file"):
-        processing.request_body({"note": "hi"})
+        processing.read_request({"note": "hi"})
     with pytest.raises(RequestError, match="2 files"):
-        processing.request_body({"a": png, "b": png})
+        processing.read_request({"a": png, "b": png})
 
 
 def test_json_body_is_refused_clearly():
     with pytest.raises(RequestError) as err:
-        processing.request_body({"body": {"x": 1}})
+        processing.read_request({"body": {"x": 1}})
     assert err.value.status == 415
 
 
@@ -176,7 +176,7 @@ def test_form_post_is_refused_with_the_fix():
     """curl --data-binary sends application/x-www-form-urlencoded; TorchServe parses it as fields."""
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     with pytest.raises(RequestError) as err:
-        processing.request_body({"a": b"1"}, headers)
+        processing.read_request({"a": b"1"}, headers)
     assert err.value.status == 415 and "curl -T" in err.value.message
 
 
@@ -184,11 +184,11 @@ def test_form_fields_are_not_files(face):
     png = encode(face, "PNG")
     headers = {"Content-Type": "multipart/form-data; boundary=x", "a": {"content-type": "image/png"},
                "note": {"content-type": ""}}
-    assert processing.request_body({"a": png, "note": b"hi"}, headers) == png
+    assert processing.read_request({"a": png, "note": b"hi"}, headers).image == png
     with pytest.raises(RequestError, match="no file .*'note'"):
-        processing.request_body({"note": b"hi"}, {"note": {"content-type": ""}})
+        processing.read_request({"note": b"hi"}, {"note": {"content-type": ""}})
     with pytest.raises(RequestError, match="2 files"):
-        processing.request_body({"a": png, "b": png}, {"a": {"content-type": "image/png"},
+        processing.read_request({"a": png, "b": png}, {"a": {"content-type": "image/png"},
                                                        "b": {"content-type": "application/octet-stream"}})
 
 

@@ -1,0 +1,112 @@
+"""KServe's request and answer forms, as plain functions: Open Inference Protocol v2 and KServe v1.
+
+Every server of the model (TorchServe's handler, the kserve predictor in handler/kserve_server.py)
+reads a JSON request through `image_from_kserve` and wraps the plain answer with `kserve_answer`, so
+the protocols' numbers are exactly the plain answer's. One image per request:
+
+    v2  {"id": "..", "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["<base64>"]}]}
+        -> {"model_name": .., "id": .., "outputs": [{"name": "keypoints", "shape": [1, 15, 2],
+            "datatype": "FP32", "data": [x, y, ...]}, {"name": "image_size", "shape": [1, 2],
+            "datatype": "INT32", "data": [width, height]}]}
+    v1  {"instances": [{"data": "<base64>"}]}  (or {"b64": ..} or {"image": {"b64": ..}})
+        -> {"predictions": [<the plain answer>]}
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from typing import Any
+
+from facekp.contract import NUM_KEYPOINTS
+
+V2_INPUT = "image"
+V2_OUTPUTS = ("keypoints", "image_size")
+
+V2_EXAMPLE = ('{"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["<base64 of the image '
+              'file>"]}]}')
+V1_EXAMPLE = '{"instances": [{"data": "<base64 of the image file>"}]}'
+
+
+class ProtocolError(ValueError):
+    """A JSON body that is not a request of either protocol; the caller answers 400 with it."""
+
+
+def protocol_of(body: Any) -> str | None:
+    """'v2' or 'v1' for a JSON request of KServe's protocols, None for anything else."""
+    if isinstance(body, Mapping):
+        if "inputs" in body:
+            return "v2"
+        if "instances" in body:
+            return "v1"
+    return None
+
+
+def image_from_kserve(body: Mapping[str, Any]) -> bytes:
+    """The image file inside a v2 or v1 request; ProtocolError says what is wrong and how it should look."""
+    protocol = protocol_of(body)
+    if protocol == "v2":
+        return _decode_base64(_only_value_of_v2(body))
+    if protocol == "v1":
+        return _decode_base64(_only_value_of_v1(body))
+    raise ProtocolError(f"a JSON body must be a KServe request: v2 {V2_EXAMPLE}, or v1 {V1_EXAMPLE}")
+
+
+def _only_value_of_v2(body: Mapping[str, Any]) -> Any:
+    inputs = body["inputs"]
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], Mapping):
+        raise ProtocolError(f"v2 request: 'inputs' must hold exactly one input, e.g. {V2_EXAMPLE}")
+    tensor = inputs[0]
+    if tensor.get("datatype") != "BYTES":
+        raise ProtocolError(f"v2 request: input {tensor.get('name')!r} has datatype {tensor.get('datatype')!r}; "
+                            f"send the image file, base64-encoded, as BYTES: {V2_EXAMPLE}")
+    data = tensor.get("data")
+    if isinstance(data, list) and len(data) == 1:
+        data = data[0]
+    elif isinstance(data, list):
+        raise ProtocolError(f"v2 request: input holds {len(data)} elements; send one image per request")
+    return data
+
+
+def _only_value_of_v1(body: Mapping[str, Any]) -> Any:
+    instances = body["instances"]
+    if not isinstance(instances, list) or len(instances) != 1:
+        count = len(instances) if isinstance(instances, list) else type(instances).__name__
+        raise ProtocolError(f"v1 request: 'instances' must hold one image, got {count}; e.g. {V1_EXAMPLE}")
+    instance = instances[0]
+    if isinstance(instance, Mapping):
+        for key in ("data", "b64", "image"):
+            if key in instance:
+                value = instance[key]
+                return value["b64"] if isinstance(value, Mapping) and "b64" in value else value
+        raise ProtocolError(f"v1 request: the instance has no 'data' or 'b64' field; e.g. {V1_EXAMPLE}")
+    return instance
+
+
+def _decode_base64(value: Any) -> bytes:
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("ascii", errors="replace")
+    if not isinstance(value, str) or not value:
+        raise ProtocolError(f"the image must be a base64 string, got {type(value).__name__}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError("the image is not valid base64 (standard alphabet, with padding)") from None
+
+
+def kserve_answer(protocol: str, answer: Mapping[str, Any], request: Mapping[str, Any],
+                  model_name: str) -> dict[str, Any]:
+    """The plain answer (handler.processing.keypoints_json) in the request's protocol."""
+    if protocol == "v1":
+        return {"predictions": [dict(answer)]}
+    xy = [value for point in answer["keypoints"] for value in (point["x"], point["y"])]
+    image = answer["image"]
+    reply: dict[str, Any] = {"model_name": model_name}
+    if isinstance(request.get("id"), str) and request["id"]:
+        reply["id"] = request["id"]
+    reply["outputs"] = [
+        {"name": "keypoints", "shape": [1, NUM_KEYPOINTS, 2], "datatype": "FP32", "data": xy},
+        {"name": "image_size", "shape": [1, 2], "datatype": "INT32", "data": [image["width"], image["height"]]},
+    ]
+    return reply

@@ -1,0 +1,85 @@
+"""handler.kserve_protocol and its use in answer_batch, without a server."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from handler import kserve_protocol
+from handler.kserve_protocol import ProtocolError, image_from_kserve, kserve_answer, protocol_of
+from handler.processing import answer_batch
+
+
+def png(side: int = 96, shade: int = 128) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (side, side), shade).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def v2(image: bytes, **extra) -> dict:
+    return {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                        "data": [base64.b64encode(image).decode()]}], **extra}
+
+
+def fixed_model(batch: np.ndarray) -> np.ndarray:
+    return np.zeros((len(batch), 15, 2), np.float32)  # every point at the centre
+
+
+def test_protocol_is_told_by_the_top_level_key():
+    assert protocol_of(v2(b"x")) == "v2"
+    assert protocol_of({"instances": []}) == "v1"
+    assert protocol_of({"data": "x"}) is None and protocol_of(b"{") is None
+
+
+@pytest.mark.parametrize("instance", [lambda b: {"data": b}, lambda b: {"b64": b}, lambda b: {"image": {"b64": b}},
+                                      lambda b: b])
+def test_v1_instances_in_every_documented_form(instance):
+    image = png()
+    assert image_from_kserve({"instances": [instance(base64.b64encode(image).decode())]}) == image
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    ({"inputs": "image"}, "exactly one input"),
+    ({"inputs": [{"datatype": "BYTES", "data": ["a", "b"]}]}, "one image per request"),
+    ({"inputs": [{"datatype": "UINT8", "data": [1]}]}, "BYTES"),
+    ({"inputs": [{"datatype": "BYTES", "data": [""]}]}, "base64 string"),
+    ({"inputs": [{"datatype": "BYTES", "data": ["abc"]}]}, "not valid base64"),
+    ({"instances": [{"url": "x"}]}, "no 'data' or 'b64'"),
+    ({"other": 1}, "KServe request"),
+])
+def test_malformed_requests_say_what_is_wrong(body, says):
+    with pytest.raises(ProtocolError, match=says):
+        image_from_kserve(body)
+
+
+def test_v2_answer_carries_the_plain_numbers_and_the_request_id():
+    plain = {"keypoints": [{"name": f"p{i}", "x": i + 0.25, "y": -i} for i in range(15)],
+             "image": {"width": 40, "height": 30}}
+    reply = kserve_answer("v2", plain, {"id": "r1"}, "keypoints")
+    assert reply["model_name"] == "keypoints" and reply["id"] == "r1"
+    keypoints, size = reply["outputs"]
+    assert keypoints["data"][:4] == [0.25, 0, 1.25, -1] and len(keypoints["data"]) == 30
+    assert size == {"name": "image_size", "shape": [1, 2], "datatype": "INT32", "data": [40, 30]}
+    assert kserve_answer("v1", plain, {}, "keypoints") == {"predictions": [plain]}
+
+
+def test_a_batch_mixes_protocols_and_answers_each_in_its_own():
+    image = png(192)
+    requests = [{"body": image}, {"body": v2(image, id="a")}, {"body": {"instances": [{"b64": "!!"}]}},
+                {"body": json.dumps(v2(image)).encode()}]  # the last: v2 JSON sent without a JSON Content-Type
+    replies = answer_batch(requests, fixed_model)
+    assert [r.status for r in replies] == [200, 200, 400, 200]
+    assert replies[0].body["keypoints"][0] == {"name": "left_eye_center", "x": 96.5, "y": 96.5}  # centre of 192 px
+    assert replies[1].body["id"] == "a" and replies[1].body["outputs"][0]["data"][:2] == [96.5, 96.5]
+    assert "base64" in replies[2].body["error"]
+    assert replies[3].body["outputs"][1]["data"] == [192, 192]
+
+
+def test_examples_in_messages_are_valid_json_shapes():
+    assert protocol_of(json.loads(kserve_protocol.V2_EXAMPLE)) == "v2"
+    assert protocol_of(json.loads(kserve_protocol.V1_EXAMPLE)) == "v1"
