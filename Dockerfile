@@ -4,6 +4,8 @@
 #               docker run --gpus all -p 8080:8080 facekp:gpu
 #   CPU image:  docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu -t facekp:cpu .
 #   Local test: make image-test (a debootstrap base and a local torch wheel: scripts/image_test.sh)
+#   KServe predictor without TorchServe (Open Inference Protocol v2 on 8080):
+#               docker build --target kserve -t facekp-kserve:gpu .     (k8s/kserve-predictor/)
 #
 # The same image runs on a GPU node and on a CPU-only one: TorchServe hands the worker a GPU
 # when nvidia-smi in the container lists one (NVIDIA container toolkit), else it uses the CPU.
@@ -14,7 +16,7 @@
 #   docker buildx imagetools inspect python:3.11-slim-bookworm
 # The local test build replaces it with a Debian bookworm stand-in (BASE_IMAGE).
 ARG BASE_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
-FROM ${BASE_IMAGE}
+FROM ${BASE_IMAGE} AS base
 
 # Extra package index for torch: https://download.pytorch.org/whl/cpu makes the CPU image. Unset, torch
 # 2.13.0 comes from PyPI with its CUDA libraries (the GPU image).
@@ -63,9 +65,6 @@ RUN PYTHONPATH=/tmp/build python -m facekp.server archive \
     && install -m 0644 /tmp/build/model_store/keypoints.mar /opt/facekp/model-store/keypoints.mar \
     && rm -rf /tmp/build
 
-COPY serve/config.container.properties /opt/facekp/config/config.properties
-COPY serve/healthcheck.py /opt/facekp/healthcheck.py
-
 # GPUs for the NVIDIA container toolkit: the driver libraries and nvidia-smi, which TorchServe uses to count them.
 ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
@@ -73,6 +72,26 @@ ENV NVIDIA_VISIBLE_DEVICES=all \
     METRICS_LOCATION=/home/model-server/logs \
     HOME=/home/model-server
 
+# --- the KServe predictor without TorchServe: kserve's ModelServer over the same model and handler functions.
+FROM base AS kserve
+COPY requirements-kserve.txt /tmp/requirements-kserve.txt
+RUN /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements-kserve.txt \
+    && /opt/venv/bin/python -c "import kserve; print('kserve', kserve.__version__)" \
+    && rm /tmp/requirements-kserve.txt
+COPY facekp/ /opt/facekp/app/facekp/
+COPY handler/ /opt/facekp/app/handler/
+COPY model_store/keypoints.pt /opt/facekp/app/model_store/keypoints.pt
+USER 10001:10001
+WORKDIR /opt/facekp/app
+EXPOSE 8080
+HEALTHCHECK --interval=15s --timeout=6s --start-period=60s --retries=3 \
+    CMD ["python3", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/v2/health/ready', timeout=5)"]
+CMD ["python", "-m", "handler.kserve_server", "run", "--bind", "0.0.0.0", "--http_port", "8080"]
+
+# --- TorchServe (the default target: the last stage).
+FROM base AS torchserve
+COPY serve/config.container.properties /opt/facekp/config/config.properties
+COPY serve/healthcheck.py /opt/facekp/healthcheck.py
 USER 10001:10001
 WORKDIR /home/model-server
 # 8080 inference, 8081 management (bound to 127.0.0.1 inside the container), 8082 Prometheus metrics.

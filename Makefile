@@ -17,7 +17,11 @@ $(VENV)/.runtime: requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	@touch $@
 
-$(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
+$(VENV)/.kserve: requirements-kserve.txt $(VENV)/.runtime
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-kserve.txt
+	@touch $@
+
+$(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime $(VENV)/.kserve
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	@touch $@
 
@@ -28,6 +32,16 @@ serve: $(VENV)/.runtime samples
 ## stop: stop the service started by `make serve` and its workers
 stop: $(VENV)/.runtime
 	$(PY) -m facekp.server stop
+
+.PHONY: serve-kserve stop-kserve
+KSERVE_PORT ?= 8085
+
+## serve-kserve: the KServe predictor without TorchServe (Open Inference Protocol v2) on 127.0.0.1:$(KSERVE_PORT)
+serve-kserve: $(VENV)/.kserve
+	$(PY) -m handler.kserve_server start --http_port $(KSERVE_PORT)
+
+stop-kserve: $(VENV)/.runtime
+	$(PY) -m handler.kserve_server stop
 
 status: $(VENV)/.runtime
 	$(PY) -m facekp.server status

@@ -22,6 +22,14 @@ EXPECTED_POINTS = 15
 """A valid answer names 15 keypoints; counting b'"name"' checks that without parsing JSON."""
 
 
+def names_15_keypoints(status: int, body: bytes) -> bool:
+    """The plain answer's check, cheap: 200 and 15 b'"name"'."""
+    return status == 200 and body.count(b'"name"') == EXPECTED_POINTS
+
+
+ReplyCheck = Callable[[int, bytes], bool]
+
+
 @dataclass
 class LoadResult:
     concurrency: int
@@ -86,7 +94,7 @@ class _Window:
 
 
 async def _client(host: str, port: int, requests: list[bytes], first: int, window: _Window, timeout: float,
-                  max_requests: int, latencies: list[float], failures: list[str]) -> None:
+                  max_requests: int, latencies: list[float], failures: list[str], check: ReplyCheck) -> None:
     reader = writer = None
     i = first
     sent = 0
@@ -98,8 +106,7 @@ async def _client(host: str, port: int, requests: list[bytes], first: int, windo
                     reader, writer = await asyncio.open_connection(host, port)
                 writer.write(requests[i % len(requests)])
                 status, body, close = await _read_reply(reader)
-            problem = None if status == 200 and body.count(b'"name"') == EXPECTED_POINTS else \
-                f"HTTP {status}: {body[:120]!r}"
+            problem = None if check(status, body) else f"HTTP {status}: {body[:120]!r}"
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError) as err:
             problem, close = f"{type(err).__name__}: {err}", True
         done = time.perf_counter()
@@ -122,7 +129,7 @@ async def _client(host: str, port: int, requests: list[bytes], first: int, windo
 
 
 async def _run(url: str, uploads: list[Upload], concurrency: int, duration: float, warmup: float, timeout: float,
-               max_requests: int, on_window: Callable[[str], None] | None) -> LoadResult:
+               max_requests: int, on_window: Callable[[str], None] | None, check: ReplyCheck) -> LoadResult:
     parts = urlparse(url)
     requests = _requests(url, uploads)
     window = _Window(warmup, duration)
@@ -131,7 +138,7 @@ async def _run(url: str, uploads: list[Upload], concurrency: int, duration: floa
     per_client = max(1, max_requests // concurrency)
     clients = [asyncio.create_task(_client(parts.hostname, parts.port or 80, requests,
                                            k * len(requests) // concurrency, window, timeout, per_client,
-                                           latencies, failures))
+                                           latencies, failures, check))
                for k in range(concurrency)]
     cpu = {}
 
@@ -148,9 +155,10 @@ async def _run(url: str, uploads: list[Upload], concurrency: int, duration: floa
 
 def run_load(url: str, uploads: list[Upload], concurrency: int, duration: float = 8.0, warmup: float = 2.0,
              timeout: float = 30.0, max_requests: int = 100_000,
-             on_window: Callable[[str], None] | None = None) -> LoadResult:
+             on_window: Callable[[str], None] | None = None, check: ReplyCheck = names_15_keypoints) -> LoadResult:
     """Closed-loop load for warmup + duration seconds (bounded by max_requests); stats over the window only.
 
     on_window('start') / on_window('end') is called at the window's edges, to snapshot server CPU.
+    check(status, body) says whether an answer counts as correct.
     """
-    return asyncio.run(_run(url, uploads, concurrency, duration, warmup, timeout, max_requests, on_window))
+    return asyncio.run(_run(url, uploads, concurrency, duration, warmup, timeout, max_requests, on_window, check))

@@ -21,7 +21,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 K8S = REPO / "k8s"
-KUSTOMIZATIONS = {"base": K8S / "base", "cpu": K8S / "overlays" / "cpu", "kserve": K8S / "kserve"}
+KUSTOMIZATIONS = {"base": K8S / "base", "cpu": K8S / "overlays" / "cpu", "kserve": K8S / "kserve",
+                  "kserve-predictor": K8S / "kserve-predictor"}
 KUBERNETES_VERSIONS = ["1.27.0", "1.37.0"]
 """Oldest and newest Kubernetes the manifests are checked against (HPA v2 and PDB v1 are GA in both)."""
 HEALTHCHECK = ["python3", "/opt/facekp/healthcheck.py", "--quiet"]
@@ -213,3 +214,84 @@ def test_kserve_torchserve_config_matches_the_model_config():
     for key in ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout"):
         assert version[key] == model_config[key], key
     assert settings["disable_token_authorization"] == "true"
+
+
+# --- InferenceServices, strictly: KServe's own API models (kserve.models, kubernetes.client) ------------
+def openapi_errors(value, type_name: str, where: str = "") -> list[str]:
+    """Every field the API does not know, and every value of the wrong type, under `where`.
+
+    The kserve package's generated models carry KServe's CRD schema (openapi_types, attribute_map)
+    and reuse kubernetes.client's for the core types, so this is the CRD's schema, offline.
+    """
+    import kserve.models
+    import kubernetes.client
+
+    if type_name.lower().startswith("list["):  # kserve writes list[X], kubernetes.client List[X]
+        if not isinstance(value, list):
+            return [f"{where}: expected a list"]
+        return [e for i, item in enumerate(value) for e in openapi_errors(item, type_name[5:-1], f"{where}[{i}]")]
+    if type_name.startswith(("dict(", "Dict[")):  # dict(str, X) or Dict[str, X]
+        inner = type_name[5:-1].split(", ", 1)[1]
+        if not isinstance(value, dict):
+            return [f"{where}: expected a mapping"]
+        return [e for key, item in value.items() for e in openapi_errors(item, inner, f"{where}.{key}")]
+    primitive = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "object": (object,),
+                 "ResourceQuantity": (str, int, float), "datetime": (str,)}
+    if type_name in primitive:
+        ok = isinstance(value, primitive[type_name]) and not (type_name == "int" and isinstance(value, bool))
+        return [] if ok else [f"{where}: {value!r} is not {type_name}"]
+    model = getattr(kserve.models, type_name, None) or getattr(kubernetes.client, type_name, None)
+    if model is None:
+        return [f"{where}: the checker does not know type {type_name}"]
+    if not isinstance(value, dict):
+        return [f"{where}: expected an object ({type_name})"]
+    by_json = {json_name: attr for attr, json_name in model.attribute_map.items()}
+    errors = [f"{where}.{key}: unknown field of {type_name}" for key in value if key not in by_json]
+    for key, item in value.items():
+        if key in by_json:
+            errors += openapi_errors(item, model.openapi_types[by_json[key]], f"{where}.{key}")
+    return errors
+
+
+@pytest.mark.parametrize("name", ["kserve", "kserve-predictor"])
+def test_inference_services_validate_strictly_against_kserves_api(name):
+    (isvc,) = render(KUSTOMIZATIONS[name])
+    assert isvc["apiVersion"] == "serving.kserve.io/v1beta1" and isvc["kind"] == "InferenceService"
+    assert openapi_errors(isvc, "V1beta1InferenceService", "InferenceService") == []
+
+
+def test_the_strict_check_finds_a_misspelt_field():
+    (isvc,) = render(KUSTOMIZATIONS["kserve-predictor"])
+    isvc["spec"]["predictor"]["containers"][0]["readinessProbe"]["httpGett"] = {}
+    isvc["spec"]["predictor"]["minReplicas"] = "one"
+    errors = openapi_errors(isvc, "V1beta1InferenceService", "InferenceService")
+    assert any("httpGett: unknown field" in e for e in errors) and any("'one' is not int" in e for e in errors)
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_predictor_pod_validates_against_the_kubernetes_schema(version):
+    """The custom predictor's pod fields are core Kubernetes: checked by the Pod schema, strictly."""
+    (isvc,) = render(KUSTOMIZATIONS["kserve-predictor"])
+    predictor = isvc["spec"]["predictor"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "facekp-predictor"},
+           "spec": {key: predictor[key] for key in ("containers", "volumes", "securityContext")}}
+    kubernetes_validate.validate(pod, version, strict=True)
+
+
+def test_torchserve_runtime_speaks_v2_with_the_matching_envelope():
+    (isvc,) = render(KUSTOMIZATIONS["kserve"])
+    assert isvc["spec"]["predictor"]["model"]["protocolVersion"] == "v2"
+    lines = (K8S / "kserve" / "config" / "config.properties").read_text().splitlines()
+    settings = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+    assert settings["service_envelope"] == "kservev2"
+
+
+def test_custom_predictor_runs_the_kserve_target_with_v2_probes():
+    (isvc,) = render(KUSTOMIZATIONS["kserve-predictor"])
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    assert container["name"] == "kserve-container" and container["image"].startswith("facekp-kserve:")
+    assert container["ports"] == [{"containerPort": 8080, "protocol": "TCP"}]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert isvc["spec"]["predictor"]["securityContext"]["runAsNonRoot"] is True
+    assert "FROM base AS kserve" in (REPO / "Dockerfile").read_text()

@@ -37,6 +37,19 @@ def instructions() -> list[tuple[str, str]]:
     return result
 
 
+def stages() -> dict[str, list[tuple[str, str]]]:
+    """Each build stage's instructions, by the stage's name (FROM ... AS name)."""
+    result: dict[str, list[tuple[str, str]]] = {}
+    current = None
+    for kind, args in instructions():
+        if kind == "FROM":
+            current = args.split(" AS ")[-1].strip() if " AS " in args else args
+            result[current] = []
+        elif current is not None:
+            result[current].append((kind, args))
+    return result
+
+
 def test_hadolint_passes():
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     if not Path(hadolint).exists():
@@ -51,13 +64,17 @@ def test_base_image_is_pinned_by_tag_and_digest_and_overridable():
     base = args["BASE_IMAGE"]
     assert base.startswith("python:3.11") and "bookworm" in base and "@sha256:" in base
     assert len(base.split("@sha256:")[1]) == 64
-    assert ("FROM", "${BASE_IMAGE}") in instructions()
+    assert ("FROM", "${BASE_IMAGE} AS base") in instructions()
     declared = {a.split("=", 1)[0] for kind, a in instructions() if kind == "ARG"}
     assert {"TORCH_INDEX_URL", "PIP_FIND_LINKS"} <= declared, "build args for the CPU image and a local wheel"
 
 
+def test_torchserve_is_the_default_target():
+    assert list(stages()) == ["base", "kserve", "torchserve"], "docker build . builds the last stage"
+
+
 def test_runs_as_non_root_exposes_the_ports_and_checks_health():
-    steps = instructions()
+    steps = stages()["torchserve"]
     users = [a for kind, a in steps if kind == "USER"]
     assert users and users[-1].split(":")[0] not in {"root", "0"}
     exposed = {port for kind, a in steps if kind == "EXPOSE" for port in a.split()}
@@ -68,13 +85,27 @@ def test_runs_as_non_root_exposes_the_ports_and_checks_health():
 
 
 def test_starts_torchserve_in_the_foreground_and_stops_it_on_sigterm():
-    (cmd,) = [a for kind, a in instructions() if kind == "CMD"]
+    (cmd,) = [a for kind, a in stages()["torchserve"] if kind == "CMD"]
     argv = json.loads(cmd)
     assert argv[:2] == ["/bin/sh", "-c"]
     script = argv[2]
     assert "torchserve --start --foreground" in script
     assert "trap 'torchserve --stop" in script and "TERM" in script
     assert "--models keypoints=keypoints.mar" in script
+
+
+def test_kserve_target_runs_the_predictor_as_non_root_on_8080():
+    steps = stages()["kserve"]
+    users = [a for kind, a in steps if kind == "USER"]
+    assert users and users[-1].split(":")[0] not in {"root", "0"}
+    assert {port for kind, a in steps if kind == "EXPOSE" for port in a.split()} == {"8080"}
+    (cmd,) = [json.loads(a) for kind, a in steps if kind == "CMD"]
+    assert cmd[:4] == ["python", "-m", "handler.kserve_server", "run"]
+    assert cmd[cmd.index("--bind") + 1] == "0.0.0.0" and cmd[cmd.index("--http_port") + 1] == "8080"
+    (check,) = [a for kind, a in steps if kind == "HEALTHCHECK"]
+    assert "/v2/health/ready" in check
+    assert "requirements-kserve.txt /tmp/requirements-kserve.txt" in [a for kind, a in steps if kind == "COPY"]
+    assert not _dockerignored("requirements-kserve.txt")
 
 
 def test_archive_is_built_in_the_image_by_the_projects_build_archive():
@@ -106,7 +137,8 @@ def _dockerignored(path: str) -> bool:
 
 
 @pytest.mark.parametrize("path", ["requirements.txt", "facekp/server.py", "facekp/contract.py", "facekp/data.py",
-                                  "handler/keypoint_handler.py", "handler/processing.py", "model_store/keypoints.pt",
+                                  "handler/keypoint_handler.py", "handler/processing.py", "handler/kserve_protocol.py",
+                                  "handler/kserve_server.py", "requirements-kserve.txt", "model_store/keypoints.pt",
                                   "serve/model-config.yaml", "serve/config.container.properties",
                                   "serve/healthcheck.py"])
 def test_build_context_holds_what_the_image_needs(path):

@@ -303,8 +303,9 @@ def test_exposure_defaults(service):
     assert shipped["management_address"].startswith("http://127.0.0.1:")
     assert shipped["metrics_address"].startswith("http://127.0.0.1:")
     assert shipped["enable_model_api"] == "false"
-    listening = {c.laddr.port: c.laddr.ip for c in psutil.Process(service.pid()).net_connections("tcp")
-                 if c.status == psutil.CONN_LISTEN}
+    frontend = psutil.Process(service.pid())
+    connections = getattr(frontend, "net_connections", frontend.connections)  # psutil >= 6 / 5.9 (kserve's pin)
+    listening = {c.laddr.port: c.laddr.ip for c in connections("tcp") if c.status == psutil.CONN_LISTEN}
     for port in (service.management_port, service.metrics_port):
         address = ipaddress.ip_address(listening[port])
         assert (getattr(address, "ipv4_mapped", None) or address).is_loopback, listening[port]
