@@ -82,7 +82,7 @@ image-test:
 hadolint: $(VENV)/.dev
 	$(VENV)/bin/hadolint Dockerfile
 
-.PHONY: loadtest bench
+.PHONY: loadtest bench overload
 USERS ?= 16
 SPAWN_RATE ?= 16
 DURATION ?= 60s
@@ -99,3 +99,9 @@ loadtest: $(VENV)/.runtime
 ## ports, ~8 min); writes docs/performance/bench.csv, bench.png and the numbers in docs/performance.md
 bench: $(VENV)/.dev
 	$(PY) -m loadtest.benchmark
+
+## overload: more clients than the service can take (256 backing-off clients, open loop at 1x/2x/4x capacity),
+## recovery after the spike; own TorchServe on free ports, ~4 min per config; docs/reliability/overload.csv
+OVERLOAD_CONFIGS ?= shipped
+overload: $(VENV)/.dev
+	$(PY) -m loadtest.overload --configs $(OVERLOAD_CONFIGS)

@@ -26,7 +26,7 @@ from PIL import Image
 from facekp import data as facedata
 from facekp import metrics
 from facekp.contract import IMAGE_SIZE, KEYPOINT_NAMES
-from facekp.replies import parse_reply
+from facekp.replies import RETRY_STATUSES, backoff_s, parse_reply
 
 
 def encode_face(pixels: np.ndarray, fmt: str = "png", size: int = IMAGE_SIZE, quality: int = 95) -> bytes:
@@ -54,8 +54,12 @@ class Result:
 
 
 def query_service(url: str, bodies: list[bytes], concurrency: int = 4, timeout: float = 10.0,
-                  content_type: str = "application/octet-stream", progress: bool = True) -> Result:
-    """POST each body to url with `concurrency` clients; keypoints as returned (image pixels)."""
+                  content_type: str = "application/octet-stream", progress: bool = True, retries: int = 5) -> Result:
+    """POST each body to url with `concurrency` clients; keypoints as returned (image pixels).
+
+    A 503/507 (full, retry later) is retried up to `retries` times after a jittered, growing pause;
+    the latency then includes the pauses.
+    """
     predictions = np.full((len(bodies), len(KEYPOINT_NAMES), 2), np.nan)
     latencies = np.full(len(bodies), np.nan)
     errors: list[str] = []
@@ -71,7 +75,11 @@ def query_service(url: str, bodies: list[bytes], concurrency: int = 4, timeout: 
     def one(i: int) -> None:
         start = time.perf_counter()
         try:
-            reply = session().post(url, data=bodies[i], headers={"Content-Type": content_type}, timeout=timeout)
+            for attempt in range(retries + 1):
+                reply = session().post(url, data=bodies[i], headers={"Content-Type": content_type}, timeout=timeout)
+                if reply.status_code not in RETRY_STATUSES or attempt == retries:
+                    break
+                time.sleep(backoff_s(attempt))  # the service is full: come back later, not at once
             latencies[i] = (time.perf_counter() - start) * 1000
             predictions[i] = parse_reply(reply.status_code, reply.text)
         except Exception as err:  # every failure is counted and reported, none stops the run

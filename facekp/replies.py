@@ -7,6 +7,7 @@ here (this module must stay free of Locust: importing Locust monkey-patches geve
 from __future__ import annotations
 
 import json
+import random
 
 import numpy as np
 
@@ -41,3 +42,13 @@ def check_reply(status: int, text: str | None) -> str | None:
     except BadReply as err:
         return str(err)
     return None
+
+
+RETRY_STATUSES = (503, 507)
+"""TorchServe's "full, retry later": 503 when the model's queue is full (its message wrongly says the model
+has no worker), 507 when a worker died with the request. Both are worth retrying after a pause."""
+
+
+def backoff_s(attempt: int, base: float = 0.5, cap: float = 8.0, rng: random.Random | None = None) -> float:
+    """Pause before retry `attempt` (0, 1, ...): exponential with full jitter, so refused clients spread out."""
+    return (rng or random).uniform(0.0, min(cap, base * 2**attempt))

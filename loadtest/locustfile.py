@@ -1,7 +1,9 @@
 """Locust load test: real faces (96x96 PNG and photo-sized JPEG) POSTed to /predictions/keypoints.
 
 A response counts as a success only if it is HTTP 200 with the 15 keypoints named in the
-contract's order. Run it through `make loadtest` (loadtest/run.py), or directly:
+contract's order. A refusal (503/507: full, retry later) counts as a failure, and that user then
+backs off (exponential, full jitter: facekp.replies.backoff_s) before its next request, as a polite
+client does. Run it through `make loadtest` (loadtest/run.py), or directly:
 
     locust --headless -f loadtest/locustfile.py --host http://127.0.0.1:8080 -u 16 -r 16 -t 60s --p95-ms 500
 """
@@ -15,9 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # locust imports this file by path
 
+import gevent  # noqa: E402
 from locust import FastHttpUser, constant, events, task  # noqa: E402
 
-from facekp.replies import check_reply  # noqa: E402
+from facekp.replies import RETRY_STATUSES, backoff_s, check_reply  # noqa: E402
 from loadtest.images import Upload, build_mix, describe  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -57,6 +60,7 @@ class KeypointClient(FastHttpUser):
     def on_start(self) -> None:
         self.path = f"/predictions/{self.environment.parsed_options.model}"
         self.next = random.randrange(len(UPLOADS))  # users walk the mix from different places
+        self.refusals_in_a_row = 0
 
     @task
     def predict(self) -> None:
@@ -69,6 +73,11 @@ class KeypointClient(FastHttpUser):
                 reply.failure(problem)
             else:
                 reply.success()
+        if reply.status_code in RETRY_STATUSES:
+            gevent.sleep(backoff_s(self.refusals_in_a_row))
+            self.refusals_in_a_row += 1
+        else:
+            self.refusals_in_a_row = 0
 
 
 @events.quitting.add_listener
