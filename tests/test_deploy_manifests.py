@@ -295,3 +295,42 @@ def test_custom_predictor_runs_the_kserve_target_with_v2_probes():
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert isvc["spec"]["predictor"]["securityContext"]["runAsNonRoot"] is True
     assert "FROM base AS kserve" in (REPO / "Dockerfile").read_text()
+
+
+# --- autoscaling on queue latency ------------------------------------------------------------------
+ADAPTER_RULES = K8S / "metrics" / "prometheus-adapter-rules.yaml"
+
+
+def adapter_rules() -> list[dict]:
+    configmap = yaml.safe_load(ADAPTER_RULES.read_text())
+    return yaml.safe_load(configmap["data"]["config.yaml"])["rules"]
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_adapter_rules_configmap_validates(version):
+    kubernetes_validate.validate(yaml.safe_load(ADAPTER_RULES.read_text()), version, strict=True)
+
+
+def test_hpa_scales_on_the_queue_latency_the_adapter_serves():
+    hpa = by_kind(render(KUSTOMIZATIONS["base"]))["HorizontalPodAutoscaler"]
+    pods = [m["pods"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+    assert [p["metric"]["name"] for p in pods] == ["torchserve_queue_latency_ms"]
+    assert any(m["type"] == "Resource" and m["resource"]["name"] == "cpu" for m in hpa["spec"]["metrics"])
+    (rule,) = adapter_rules()
+    assert rule["name"]["as"] == "torchserve_queue_latency_ms"
+    assert "ts_queue_latency_microseconds" in rule["metricsQuery"]
+    assert "ts_inference_requests_total" in rule["metricsQuery"]
+    pod = by_kind(render(KUSTOMIZATIONS["base"]))["Deployment"]["spec"]["template"]["metadata"]
+    assert pod["annotations"]["prometheus.io/scrape"] == "true" and pod["annotations"]["prometheus.io/port"] == "8082"
+    settings = dict(line.split("=", 1) for line in (REPO / "serve" / "config.container.properties").read_text()
+                    .splitlines() if line and not line.startswith("#"))
+    assert settings["metrics_mode"] == "prometheus"
+
+
+def test_liveness_is_lenient_so_load_alone_never_restarts_the_pod():
+    """docs/reliability.md: under 256 clients the probe command took at most ~0.2 s; liveness allows a minute."""
+    container = _container(render(KUSTOMIZATIONS["base"]))
+    live = container["livenessProbe"]
+    assert live["timeoutSeconds"] >= 6 and live["periodSeconds"] * live["failureThreshold"] >= 60
+    ready = container["readinessProbe"]
+    assert ready["periodSeconds"] * ready["failureThreshold"] < live["periodSeconds"] * live["failureThreshold"]
