@@ -45,24 +45,25 @@ RUN if ! command -v java >/dev/null; then \
 
 # The project's pins, less the load-test client (locust), in a venv: one layer that only changes
 # with requirements.txt.
-COPY requirements.txt /tmp/requirements.txt
+COPY requirements.txt requirements-nodeps.txt /tmp/
 RUN python3 -m venv /opt/venv \
     && grep -v -E '^locust([^A-Za-z0-9_.-]|$)' /tmp/requirements.txt > /tmp/requirements.serve.txt \
     && /opt/venv/bin/pip install --no-cache-dir ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
         -r /tmp/requirements.serve.txt \
-    && /opt/venv/bin/python -c "import torch, ts, yaml; print('torch', torch.__version__)" \
-    && rm /tmp/requirements.txt /tmp/requirements.serve.txt
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps -r /tmp/requirements-nodeps.txt \
+    && /opt/venv/bin/python -c "import torch, ts, yaml, onnxruntime; print('torch', torch.__version__)" \
+    && rm /tmp/requirements.txt /tmp/requirements.serve.txt /tmp/requirements-nodeps.txt
 ENV PATH=/opt/venv/bin:$PATH
 
-# keypoints.mar, built here by the project's own build_archive() (facekp/server.py): the same handler,
+# keypoints.mar and faces.mar, built here by the project's own build_archive() (facekp/server.py): the same handler,
 # extra files, model config and TorchScript check as `make archive`.
 COPY facekp/ /tmp/build/facekp/
 COPY handler/ /tmp/build/handler/
-COPY serve/model-config.yaml /tmp/build/serve/model-config.yaml
+COPY serve/model-config.yaml serve/faces-config.yaml /tmp/build/serve/
 COPY model_store/keypoints.pt /tmp/build/model_store/keypoints.pt
 RUN PYTHONPATH=/tmp/build python -m facekp.server archive \
     && install -d -m 0755 /opt/facekp/model-store /opt/facekp/config \
-    && install -m 0644 /tmp/build/model_store/keypoints.mar /opt/facekp/model-store/keypoints.mar \
+    && install -m 0644 /tmp/build/model_store/keypoints.mar /tmp/build/model_store/faces.mar /opt/facekp/model-store/ \
     && rm -rf /tmp/build
 
 # GPUs for the NVIDIA container toolkit: the driver libraries and nvidia-smi, which TorchServe uses to count them.
@@ -103,4 +104,4 @@ HEALTHCHECK --interval=15s --timeout=6s --start-period=180s --retries=3 \
 # shell (PID 1) turns SIGTERM/SIGINT into `torchserve --stop`, waits for the frontend to shut its
 # workers down, and exits 0; it exits 1 if TorchServe ends by itself.
 STOPSIGNAL SIGTERM
-CMD ["/bin/sh", "-c", "trap 'torchserve --stop; wait $ts; exit 0' TERM INT; torchserve --start --foreground --ncs --disable-token-auth --model-store /opt/facekp/model-store --models keypoints=keypoints.mar --ts-config /opt/facekp/config/config.properties & ts=$!; wait $ts; echo 'torchserve exited' >&2; exit 1"]
+CMD ["/bin/sh", "-c", "trap 'torchserve --stop; wait $ts; exit 0' TERM INT; torchserve --start --foreground --ncs --disable-token-auth --model-store /opt/facekp/model-store --models keypoints=keypoints.mar faces=faces.mar --ts-config /opt/facekp/config/config.properties & ts=$!; wait $ts; echo 'torchserve exited' >&2; exit 1"]

@@ -12,9 +12,10 @@ export HOST INFERENCE_PORT MANAGEMENT_PORT METRICS_PORT
 
 .PHONY: serve stop status archive samples train evaluate test lint clean
 
-$(VENV)/.runtime: requirements.txt
+$(VENV)/.runtime: requirements.txt requirements-nodeps.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	@touch $@
 
 $(VENV)/.kserve: requirements-kserve.txt $(VENV)/.runtime

@@ -35,6 +35,14 @@ KEYPOINT_NAMES: tuple[str, ...] = (
 
 NUM_KEYPOINTS = len(KEYPOINT_NAMES)
 
+MEAN_LAYOUT = np.array([
+    [64.72, 38.52], [30.94, 38.81], [58.06, 38.85], [71.03, 38.17], [37.48, 39.06], [24.62, 38.51], [57.45, 27.51],
+    [78.06, 29.55], [37.84, 27.72], [16.87, 30.05], [48.76, 58.91], [62.01, 76.09], [34.66, 76.34], [48.72, 72.08],
+    [48.91, 83.20],
+], dtype=np.float64)
+"""Mean pixel position of each keypoint over the data set's 3601 crops: the framing a crop must have.
+The photo path frames every face it finds like this before the model sees it (handler/faces.py)."""
+
 
 def _mirror_permutation(names: tuple[str, ...]) -> tuple[int, ...]:
     """Index of each keypoint's mirror image: *left* <-> *right*, midline points stay."""

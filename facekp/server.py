@@ -35,9 +35,29 @@ SHIPPED_CONFIG = REPO_ROOT / "serve" / "config.properties"
 MODEL_CONFIG = REPO_ROOT / "serve" / "model-config.yaml"
 RUN_DIR = REPO_ROOT / ".serve"
 BIN = Path(sys.executable).parent
-ARCHIVED_MODULES = {"handler": ["__init__.py", "processing.py", "kserve_protocol.py"],
-                    "facekp": ["__init__.py", "contract.py"]}
-"""What the handler imports at serving time; nothing else of the project goes into the .mar."""
+FACES_CONFIG = REPO_ROOT / "serve" / "faces-config.yaml"
+TRY_PHOTO = "samples/astronaut.png"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of the service: its handler, what the handler imports at serving time (nothing else of
+    the project goes into its .mar) and its model-config.yaml."""
+
+    name: str
+    handler: str
+    modules: dict[str, list[str]] = field(hash=False)
+    config: Path
+
+
+KEYPOINTS = ModelSpec("keypoints", "keypoint_handler.py",
+                      {"handler": ["__init__.py", "processing.py", "kserve_protocol.py"],
+                       "facekp": ["__init__.py", "contract.py"]}, MODEL_CONFIG)
+FACES = ModelSpec("faces", "faces_handler.py",
+                  {"handler": ["__init__.py", "processing.py", "kserve_protocol.py", "faces.py", "face_detector.py"],
+                   "facekp": ["__init__.py", "contract.py"]}, FACES_CONFIG)
+MODELS = {spec.name: spec for spec in (KEYPOINTS, FACES)}
+"""Every model `make serve` serves: the 96x96 crop contract and the photo path (both use keypoints.pt)."""
 CRASH_LOOP_STOPS = 3
 """Worker stops during start-up after which waiting for READY is pointless."""
 
@@ -47,8 +67,9 @@ class ServiceError(Exception):
 
 
 def build_archive(model_file: Path = MODEL_FILE, export_dir: Path = MODEL_STORE,
-                  model_config: Path = MODEL_CONFIG) -> Path:
-    """Package the TorchScript model, the handler and its helpers into keypoints.mar."""
+                  model_config: Path | None = None, spec: ModelSpec = KEYPOINTS) -> Path:
+    """Package the TorchScript model, the spec's handler and its helpers into <name>.mar."""
+    model_config = model_config or spec.config
     if not model_file.is_file():
         raise ServiceError(f"model file {model_file} is missing: train one with `python train/run.py` "
                            "or restore it with `git checkout model_store/`")
@@ -57,18 +78,18 @@ def build_archive(model_file: Path = MODEL_FILE, export_dir: Path = MODEL_STORE,
     with tempfile.TemporaryDirectory() as staging:
         # The archiver flattens each extra folder into the archive's root; staging the
         # packages one level down keeps `handler.processing` and `facekp.contract` importable.
-        for package, modules in ARCHIVED_MODULES.items():
+        for package, modules in spec.modules.items():
             (Path(staging) / package).mkdir()
             for module in modules:
                 shutil.copy2(REPO_ROOT / package / module, Path(staging) / package / module)
-        cmd = [str(BIN / "torch-model-archiver"), "--model-name", MODEL_NAME, "--version", "1.0",
-               "--serialized-file", str(model_file), "--handler", str(REPO_ROOT / "handler" / "keypoint_handler.py"),
+        cmd = [str(BIN / "torch-model-archiver"), "--model-name", spec.name, "--version", "1.0",
+               "--serialized-file", str(model_file), "--handler", str(REPO_ROOT / "handler" / spec.handler),
                "--extra-files", staging, "--config-file", str(model_config),
                "--export-path", str(export_dir), "--force"]
         result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode:
         raise ServiceError(f"torch-model-archiver failed:\n{result.stdout}{result.stderr}")
-    return export_dir / f"{MODEL_NAME}.mar"
+    return export_dir / f"{spec.name}.mar"
 
 
 def _check_torchscript(model_file: Path) -> None:
@@ -120,6 +141,8 @@ class Service:
     extra_config: dict[str, str] = field(default_factory=dict)
     models_from_config: bool = False
     """Load the models that the config's model_snapshot names (KServe's layout) instead of --models."""
+    models: tuple[str, ...] = (MODEL_NAME,)
+    """The models to load, each from <name>.mar beside the archive given to start()."""
 
     @property
     def inference_url(self) -> str:
@@ -192,7 +215,8 @@ class Service:
         cmd = ["torchserve", "--start", "--ncs", "--model-store", str(archive.parent.resolve()),
                "--ts-config", str(self._write_config())]
         if not self.models_from_config:
-            cmd += ["--models", f"{MODEL_NAME}={archive.name}"]
+            cmd += ["--models", *(f"{name}={name}.mar" if name != MODEL_NAME else f"{name}={archive.name}"
+                                  for name in self.models)]
         if not self.token_auth:
             cmd.append("--disable-token-auth")
         # Not a pipe: the frontend inherits the launcher's stdout and would hold a pipe open forever.
@@ -204,10 +228,10 @@ class Service:
         if code or "already running" in said:
             raise ServiceError(f"torchserve did not start:\n{said}")
 
-    def workers(self) -> list[dict]:
+    def workers(self, model: str = MODEL_NAME) -> list[dict]:
         """The model's workers as the management API reports them (empty if unreachable)."""
         try:
-            reply = requests.get(f"{self.management_url}/models/{MODEL_NAME}", timeout=5, headers=self._auth())
+            reply = requests.get(f"{self.management_url}/models/{model}", timeout=5, headers=self._auth())
             reply.raise_for_status()
             return reply.json()[0].get("workers", [])
         except (requests.RequestException, ValueError, IndexError, KeyError):
@@ -227,9 +251,9 @@ class Service:
         while time.monotonic() < deadline:
             if not self.pid():
                 raise ServiceError(f"TorchServe exited during start-up.\n{self.log_tail()}")
-            workers = self.workers()
-            if workers and all(w.get("status") == "READY" for w in workers):
-                return workers
+            workers = [self.workers(model) for model in self.models]
+            if all(w and all(one.get("status") == "READY" for one in w) for w in workers):
+                return [one for w in workers for one in w]
             if self.worker_stops() >= CRASH_LOOP_STOPS:
                 raise ServiceError(f"the model's worker crashed {self.worker_stops()} times while starting.\n"
                                    f"{self.log_tail()}")
@@ -287,17 +311,20 @@ def main(argv: list[str] | None = None) -> int:
                       token_auth=args.token_auth)
     try:
         if args.action == "archive":
-            print(f"built {build_archive(args.model_file)}")
+            print(f"built {build_archive(args.model_file)} and {build_archive(args.model_file, spec=FACES)}")
         elif args.action == "start":
             service.check_can_start()
             archive = build_archive(args.model_file)
-            print(f"built {archive}; starting TorchServe (logs in {service.log_dir}) ...", flush=True)
+            build_archive(args.model_file, spec=FACES)
+            print(f"built {archive} and faces.mar; starting TorchServe (logs in {service.log_dir}) ...", flush=True)
+            service.models = tuple(MODELS)
             service.start(archive)
             workers = service.wait_ready(args.timeout)
-            print(f"ready: {len(workers)} worker(s) READY for model '{MODEL_NAME}' "
+            print(f"ready: {len(workers)} worker(s) READY for models {', '.join(MODELS)} "
                   f"(inference {service.inference_url}, management {service.management_url}, "
                   f"metrics {service.metrics_url})")
             print(f"try:  curl -T {TRY_IMAGE} {service.inference_url}/predictions/{MODEL_NAME}")
+            print(f"      curl -T {TRY_PHOTO} {service.inference_url}/predictions/{FACES.name}")
             print("stop: make stop")
         elif args.action == "stop":
             print("stopped" if service.stop() else f"no service running from {service.run_dir}")

@@ -140,8 +140,8 @@ def _is_form_field(headers: Mapping[str, Any], name: str) -> bool:
     return isinstance(part, Mapping) and part.get("content-type") == ""
 
 
-def decode_image(body: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Bytes -> 8-bit grayscale PIL image in its displayed orientation, or RequestError.
+def open_image(body: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Bytes -> a PIL image whose header passed the size checks, pixels not decoded yet; or RequestError.
 
     The pixel count is checked from the header before any pixel is decoded, so a
     decompression bomb costs a few KB of reading, not gigabytes of memory.
@@ -162,6 +162,13 @@ def decode_image(body: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise RequestError(413, f"image is {width}x{height} pixels; at most {max_pixels:,} pixels are accepted")
     if min(width, height) < MIN_SIDE:
         raise RequestError(422, f"image is {width}x{height} pixels; each side must be at least {MIN_SIDE}")
+    return image
+
+
+def decode_image(body: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Bytes -> 8-bit grayscale PIL image in its displayed orientation, or RequestError (a face crop)."""
+    image = open_image(body, max_pixels)
+    width, height = image.size
     side = max(width, height)
     if side * side > 2 * max_pixels:
         # to_model_input pads to a square: a 8x5,000,000 strip would need a 25-terapixel array.
@@ -175,6 +182,30 @@ def decode_image(body: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
         return _to_grayscale(image)
     except Exception as err:
         raise RequestError(400, f"image data is damaged ({type(err).__name__}: {err})") from None
+
+
+def decode_photo(body: bytes, max_pixels: int = MAX_PIXELS, work_side: int = 2048) -> tuple[Image.Image, float]:
+    """Bytes -> (RGB image in its displayed orientation, image-as-sent pixels per pixel of it), or RequestError.
+
+    A large JPEG is decoded at a reduced scale (DCT domain) while its long side stays >= work_side:
+    the photo path detects on at most 1280 px and crops faces to 96 px, so full resolution buys
+    nothing and would cost seconds for a 40 MP photo.
+    """
+    image = open_image(body, max_pixels)
+    sent = image.size
+    if image.format == "JPEG":
+        image.draft("RGB", (work_side, work_side))
+    try:
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("P", "PA", "LA", "RGBA", "RGBa", "La") or "transparency" in image.info:
+            image = image.convert("RGBA")
+        if image.mode in _SIXTEEN_BIT_MODES or image.mode == "F":
+            image = _to_grayscale(image)
+        image = image.convert("RGB")
+    except Exception as err:
+        raise RequestError(400, f"image data is damaged ({type(err).__name__}: {err})") from None
+    # exif_transpose may swap the sides: compare the long sides to get the decoding scale.
+    return image, max(sent) / max(image.size)
 
 
 def _to_grayscale(image: Image.Image) -> Image.Image:

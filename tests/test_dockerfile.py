@@ -159,7 +159,7 @@ class _Management(BaseHTTPRequestHandler):
     reply: object = None
 
     def do_GET(self):  # noqa: N802 (http.server's name)
-        if self.path != "/models/keypoints" or self.reply is None:
+        if self.path not in ("/models/keypoints", "/models/faces") or self.reply is None:
             self.send_error(404)
             return
         body = json.dumps(self.reply).encode()

@@ -1,0 +1,185 @@
+"""Whole frames and multi-face scenes with known keypoints, and how a photo-path answer is scored.
+
+    python -m facekp.photos calibrate     # DETECTOR_LAYOUT of handler/faces.py, from the training people
+
+The frames (../shared/data/frames: 2 per person, the 15 keypoints in frame pixels) are data set
+images: never committed. Scenes are built from them: several frames pasted at different scales
+onto one 1280x960 canvas (faces from 12 to 150 px between the outer eye corners).
+
+Scoring, per labelled face: found if some answered face has its keypoints' centre inside the
+labelled face's keypoint box (grown by 25 %); NME = mean point error / distance between the outer
+eye corners (the 300-W convention). An answered face that matches no pasted frame is a false face
+(faces inside a pasted frame that match no label may be real, unlabelled people, and are not
+counted either way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from facekp import data as facedata
+from facekp.contract import KEYPOINT_NAMES, MEAN_LAYOUT
+
+DEFAULT_FRAMES = facedata.REPO_ROOT.parent / "shared" / "data" / "frames"
+OUTER = (KEYPOINT_NAMES.index("left_eye_outer_corner"), KEYPOINT_NAMES.index("right_eye_outer_corner"))
+SCENE_SIZE = (1280, 960)
+
+
+@dataclass
+class Frame:
+    path: Path
+    person: str
+    keypoints: np.ndarray  # (15, 2) frame pixels
+
+
+@dataclass
+class Scene:
+    """An image and the labelled faces in it: (15, 2) keypoints each, and the regions pasted."""
+
+    image: Image.Image
+    faces: list[np.ndarray]
+    regions: list[tuple[float, float, float, float]] = field(default_factory=list)  # x0, y0, x1, y1
+    name: str = ""
+
+
+def load_frames(folder: str | Path | None = None, split: str = "all") -> list[Frame]:
+    """The frames of frames.csv; split 'validation' / 'train' keeps the data set's person split."""
+    folder = Path(folder or DEFAULT_FRAMES)
+    table = folder / "frames.csv"
+    if not table.exists():
+        raise facedata.DataError(f"frames not found at {table}: pass --data FRAMES_DIR (../shared/data/frames)")
+    frames = []
+    with open(table, newline="") as f:
+        for row in csv.DictReader(f):
+            keep = {"all": True, "validation": facedata.is_validation_person(row["person"]),
+                    "train": not facedata.is_validation_person(row["person"])}[split]
+            if keep:
+                points = np.array([[float(row[f"{n}_x"]), float(row[f"{n}_y"])] for n in KEYPOINT_NAMES])
+                frames.append(Frame(folder / "images" / row["file"], row["person"], points))
+    return frames
+
+
+def frame_scene(frame: Frame) -> Scene:
+    image = Image.open(frame.path).convert("RGB")
+    return Scene(image, [frame.keypoints], [(0, 0, *image.size)], frame.path.name)
+
+
+def eye_distance(points: np.ndarray) -> float:
+    return float(np.linalg.norm(points[OUTER[0]] - points[OUTER[1]]))
+
+
+def build_scene(frames: list[Frame], rng: np.random.Generator, faces: int = 6,
+                eye_px: tuple[float, float] = (12.0, 150.0), name: str = "") -> Scene:
+    """`faces` frames pasted without overlap onto a noisy gradient, each scaled so that its labelled face's
+    outer eye corners are a log-uniform draw from eye_px apart."""
+    width, height = SCENE_SIZE
+    ramp = np.linspace(60, 190, width)[None, :, None] * np.ones((height, 1, 3))
+    canvas = Image.fromarray((ramp + rng.normal(0, 12, (height, width, 3))).clip(0, 255).astype(np.uint8))
+    placed: list[tuple[float, float, float, float]] = []
+    labels = []
+    for frame in rng.choice(frames, size=faces, replace=False):
+        photo = Image.open(frame.path).convert("RGB")
+        target = float(np.exp(rng.uniform(*np.log(eye_px))))
+        scale = target / eye_distance(frame.keypoints)
+        w, h = max(1, round(photo.width * scale)), max(1, round(photo.height * scale))
+        if w >= width or h >= height:
+            continue
+        for _ in range(50):  # a free spot, else leave this frame out
+            x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
+            if all(x + w <= a or b <= x or y + h <= c or d <= y for a, c, b, d in placed):
+                canvas.paste(photo.resize((w, h), Image.Resampling.LANCZOS), (x, y))
+                placed.append((x, y, x + w, y + h))
+                labels.append((frame.keypoints + 0.5) * [w / photo.width, h / photo.height] - 0.5 + [x, y])
+                break
+    return Scene(canvas, labels, placed, name)
+
+
+def build_scenes(frames: list[Frame], count: int, seed: int = 0) -> list[Scene]:
+    rng = np.random.default_rng(seed)
+    return [build_scene(frames, rng, faces=int(rng.integers(2, 7)), name=f"scene_{k}") for k in range(count)]
+
+
+@dataclass
+class SceneScore:
+    found: list[bool] = field(default_factory=list)  # per labelled face
+    eye_px: list[float] = field(default_factory=list)
+    nme: list[float] = field(default_factory=list)  # per found face
+    false_faces: int = 0
+    images: int = 0
+
+    def add(self, scene: Scene, answered: list[np.ndarray]) -> None:
+        """answered: (15, 2) keypoints of each face the service returned."""
+        self.images += 1
+        used = set()
+        for truth in scene.faces:
+            low, high = truth.min(0), truth.max(0)
+            grow = 0.25 * (high - low)
+            best, best_nme = None, np.inf
+            for k, points in enumerate(answered):
+                centre = points.mean(0)
+                if k not in used and np.all(centre >= low - grow) and np.all(centre <= high + grow):
+                    nme = float(np.linalg.norm(points - truth, axis=1).mean() / eye_distance(truth))
+                    if nme < best_nme:
+                        best, best_nme = k, nme
+            self.found.append(best is not None)
+            self.eye_px.append(eye_distance(truth))
+            if best is not None:
+                used.add(best)
+                self.nme.append(best_nme)
+        for k, points in enumerate(answered):
+            cx, cy = points.mean(0)
+            if k not in used and not any(a <= cx <= b and c <= cy <= d for a, c, b, d in scene.regions):
+                self.false_faces += 1
+
+    def summary(self, min_eye_px: float = 20.0) -> dict:
+        found, eyes, nme = np.array(self.found), np.array(self.eye_px), np.array(self.nme)
+        big = eyes >= min_eye_px
+        return {"faces": len(found), "recall": float(found.mean()) if len(found) else float("nan"),
+                f"recall_eyes_{min_eye_px:g}px_up": float(found[big].mean()) if big.any() else float("nan"),
+                "nme_pct": 100 * float(nme.mean()) if len(nme) else float("nan"),
+                "nme_over_10pct": 100 * float((nme > 0.1).mean()) if len(nme) else float("nan"),
+                "false_faces_per_image": self.false_faces / max(1, self.images), "images": self.images}
+
+
+def calibrate(frames: list[Frame]) -> np.ndarray:
+    """Mean position of the detector's 5 landmarks in training-framed crops (handler.faces.DETECTOR_LAYOUT)."""
+    from handler.face_detector import FaceDetector
+    from handler.faces import fit_square
+
+    detector = FaceDetector(score_threshold=0.5)
+    marks = []
+    for frame in frames:
+        found = detector.detect(np.asarray(Image.open(frame.path).convert("RGB")))
+        if not found:
+            continue
+        nearest = min(found, key=lambda d: np.linalg.norm(d.landmarks.mean(0) - frame.keypoints.mean(0)))
+        square = fit_square(frame.keypoints, MEAN_LAYOUT)
+        marks.append((nearest.landmarks + 0.5 - [square.x0, square.y0]) * 96 / square.side - 0.5)
+    print(f"{len(marks)} of {len(frames)} training frames with a detection", file=sys.stderr)
+    return np.mean(marks, axis=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["calibrate"])
+    parser.add_argument("--data", default=None, help="the frames folder (frames.csv, images/)")
+    args = parser.parse_args(argv)
+    try:
+        frames = load_frames(args.data, "train")
+    except facedata.DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    layout = calibrate(frames)
+    print("DETECTOR_LAYOUT = np.array(" + str(np.round(layout, 2).tolist()) + ")")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""The photo path as plain functions: find every face, frame each like the training crops, predict.
+
+The training crops were framed from each face's own keypoints: the square (scale and shift, no
+rotation) that best maps the 15 points onto the mean layout (facekp.contract.MEAN_LAYOUT). Here:
+1. the detector's 5 landmarks are fitted the same way onto DETECTOR_LAYOUT, where those landmarks
+   fall in a training crop on average (calibrated on the frames of the training people, see
+   docs/photos.md), which gives a first square;
+2. the keypoint model predicts the 15 points in that crop;
+3. `refine_steps` times: the square is re-fitted from the predicted 15 points with the data
+   set's own rule, and the model predicts again.
+Every face of every image in a call goes through the model together, once per step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from facekp.contract import IMAGE_SIZE, KEYPOINT_NAMES, MEAN_LAYOUT, denormalize
+from handler.face_detector import Detection, FaceDetector
+from handler.processing import MAX_PIXELS, Reply, RequestError, decode_photo, error_json, read_request
+
+logger = logging.getLogger(__name__)
+
+DETECTOR_LAYOUT = np.array([[31.07, 37.99], [63.30, 37.31], [47.17, 56.34], [34.46, 73.30], [60.72, 72.75]])
+"""Mean position, in a training-framed 96x96 crop, of the detector's 5 landmarks (image-left eye,
+image-right eye, nose, image-left and image-right mouth corner); `python -m facekp.photos calibrate`."""
+
+MAX_FACES = 50
+"""Faces answered per image (the largest); handler setting max_faces."""
+
+REFINE_STEPS = 1
+
+
+@dataclass(frozen=True)
+class Square:
+    """A square of the image: x0, y0 its top-left corner and side its side, in (continuous) pixels."""
+
+    x0: float
+    y0: float
+    side: float
+
+
+def fit_square(points: np.ndarray, layout: np.ndarray) -> Square:
+    """The square whose 96x96 resize puts `points` (N, 2, image pixels) closest to `layout` (least squares)."""
+    p = np.asarray(points, np.float64)
+    m = np.asarray(layout, np.float64)
+    pc, mc = p - p.mean(0), m - m.mean(0)
+    scale = float((pc * mc).sum() / max((pc**2).sum(), 1e-9))  # crop pixels per image pixel
+    scale = max(scale, 1e-6)
+    shift = m.mean(0) - scale * p.mean(0)
+    # crop pixel index u = (x + 0.5 - x0) * 96 / side - 0.5  <=>  u = scale * x + shift
+    side = IMAGE_SIZE / scale
+    x0, y0 = 0.5 - (shift + 0.5) / scale
+    return Square(float(x0), float(y0), float(side))
+
+
+def crop(gray: np.ndarray, square: Square) -> np.ndarray:
+    """The square resized to (96, 96) float32 in [0, 1], Lanczos like the training crops; edge pixels repeat
+    where it leaves the image (as in the data set)."""
+    height, width = gray.shape
+    left, top = int(np.floor(square.x0)), int(np.floor(square.y0))
+    right, bottom = int(np.ceil(square.x0 + square.side)), int(np.ceil(square.y0 + square.side))
+    pad = ((max(0, -top), max(0, bottom - height)), (max(0, -left), max(0, right - width)))
+    region = gray[max(0, top):min(height, bottom), max(0, left):min(width, right)]
+    if region.size == 0:  # entirely outside: nothing to see
+        return np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    if any(any(p) for p in pad):
+        region = np.pad(region, pad, mode="edge")
+    box = (square.x0 - left, square.y0 - top, square.x0 - left + square.side, square.y0 - top + square.side)
+    resized = Image.fromarray(region).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS, box=box)
+    return np.asarray(resized, np.float32) / 255.0
+
+
+def to_image(normalized: np.ndarray, square: Square) -> np.ndarray:
+    """Model output (15, 2) normalized -> pixels of the image."""
+    u = denormalize(normalized).astype(np.float64)
+    return (u + 0.5) * square.side / IMAGE_SIZE - 0.5 + np.array([square.x0, square.y0])
+
+
+def first_square(detection: Detection) -> Square:
+    return fit_square(detection.landmarks, DETECTOR_LAYOUT)
+
+
+def keypoints_for(grays: list[np.ndarray], squares: list[list[Square]],
+                  run_model: Callable[[np.ndarray], np.ndarray], refine_steps: int = REFINE_STEPS
+                  ) -> list[list[np.ndarray]]:
+    """(15, 2) image pixels for each square of each image; all faces in one model call per step."""
+    flat = [(i, j) for i, per_image in enumerate(squares) for j in range(len(per_image))]
+    current = [squares[i][j] for i, j in flat]
+    points: list[np.ndarray] = []
+    for step in range(refine_steps + 1):
+        if not flat:
+            break
+        batch = np.stack([crop(grays[i], sq) for (i, _), sq in zip(flat, current, strict=True)])[:, None]
+        outputs = run_model(batch)
+        points = [to_image(out, sq) for out, sq in zip(outputs, current, strict=True)]
+        if step < refine_steps:
+            current = [fit_square(p, MEAN_LAYOUT) for p in points]
+    result: list[list[np.ndarray]] = [[] for _ in squares]
+    for (i, _), p in zip(flat, points, strict=True):
+        result[i].append(p)
+    return result
+
+
+def largest_first(detections: list[Detection], max_faces: int = MAX_FACES) -> list[Detection]:
+    return sorted(detections, key=lambda d: -d.box[2] * d.box[3])[:max_faces]
+
+
+def faces_json(detections: list[Detection], points: list[np.ndarray], width: int, height: int) -> dict[str, Any]:
+    """The answer: every face, largest first, box and keypoints in pixels of the image as sent."""
+    return {
+        "faces": [
+            {"box": {"x": round(d.box[0], 1), "y": round(d.box[1], 1), "width": round(d.box[2], 1),
+                     "height": round(d.box[3], 1)},
+             "score": round(d.score, 3),
+             "keypoints": [{"name": name, "x": round(float(x), 2), "y": round(float(y), 2)}
+                           for name, (x, y) in zip(KEYPOINT_NAMES, p, strict=True)]}
+            for d, p in zip(detections, points, strict=True)
+        ],
+        "image": {"width": width, "height": height},
+    }
+
+
+def answer_photos(requests: list[dict[str, Any]], detector: FaceDetector, run_model: Callable[[np.ndarray], np.ndarray],
+                  max_pixels: int = MAX_PIXELS, headers: list[Mapping[str, Any]] | None = None,
+                  max_faces: int = MAX_FACES, refine_steps: int = REFINE_STEPS) -> list[Reply]:
+    """Answer a server-side batch of photos: bad requests get their own 4xx; the faces of all the others
+    go through the keypoint model together."""
+    replies: list[Reply | None] = [None] * len(requests)
+    grays, squares, found, sizes, slots, scales = [], [], [], [], [], []
+    for i, request in enumerate(requests):
+        try:
+            photo, scale = decode_photo(read_request(request, headers[i] if headers else None).image, max_pixels)
+            detections = largest_first(detector.detect(np.asarray(photo)), max_faces)
+        except RequestError as err:
+            replies[i] = Reply(err.status, error_json(err))
+            continue
+        except Exception:
+            logger.exception("unexpected error while reading photo %d of the batch", i)
+            replies[i] = Reply(500, error_json(RequestError(500, "internal error while reading the image")))
+            continue
+        grays.append(np.asarray(photo.convert("L")))
+        squares.append([first_square(d) for d in detections])
+        found.append(detections)
+        sizes.append((round(photo.width * scale), round(photo.height * scale)))
+        scales.append(scale)
+        slots.append(i)
+    points = keypoints_for(grays, squares, run_model, refine_steps)
+    for slot, detections, per_face, (width, height), scale in zip(slots, found, points, sizes, scales, strict=True):
+        detections = [Detection(tuple(scale * (v + 0.5) - 0.5 if k < 2 else scale * v for k, v in enumerate(d.box)),
+                                d.score, d.landmarks) for d in detections]
+        replies[slot] = Reply(200, faces_json(detections, [scale * (p + 0.5) - 0.5 for p in per_face], width, height))
+    return replies  # type: ignore[return-value]
