@@ -123,11 +123,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="which people to send; 'validation' = the people training held out")
     parser.add_argument("--format", choices=["png", "jpeg"], default="png")
     parser.add_argument("--size", type=int, default=IMAGE_SIZE, help="side of the image sent (keypoints scaled back)")
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="clients at once (default 4; 1 for --model faces, whose latency is single-client)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
     parser.add_argument("--limit", type=int, default=0, help="send only the first N faces")
     parser.add_argument("--json", dest="json_out", help="also write the report as JSON here")
+    parser.add_argument("--scenes", type=int, default=50, help="--model faces: multi-face scenes to build and send")
     args = parser.parse_args(argv)
+    if args.model == "faces":  # the photo path: whole frames and multi-face scenes (facekp.photos)
+        from facekp import photos
+
+        try:
+            return photos.evaluate_main(f"{args.url.rstrip('/')}/predictions/faces", args.data, args.split,
+                                        args.scenes, args.concurrency or 1)
+        except facedata.DataError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
 
     try:
         faces = select(facedata.load(args.data), args.split)
@@ -137,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     faces = faces.subset(np.flatnonzero(facedata.complete_rows(faces)))
     if args.limit:
         faces = faces.subset(np.arange(min(args.limit, len(faces))))
+    args.concurrency = args.concurrency or 4
     url = f"{args.url.rstrip('/')}/predictions/{args.model}"
     print(f"sending {len(faces)} faces of {len(set(faces.people))} people ({args.split}) as {args.size}x{args.size} "
           f"{args.format.upper()} to {url}, {args.concurrency} concurrent", file=sys.stderr)

@@ -47,6 +47,7 @@ class Scene:
     faces: list[np.ndarray]
     regions: list[tuple[float, float, float, float]] = field(default_factory=list)  # x0, y0, x1, y1
     name: str = ""
+    path_bytes: bytes = b""  # a frame is sent as its own file; a built scene as JPEG
 
 
 def load_frames(folder: str | Path | None = None, split: str = "all") -> list[Frame]:
@@ -146,6 +147,91 @@ class SceneScore:
                 "nme_pct": 100 * float(nme.mean()) if len(nme) else float("nan"),
                 "nme_over_10pct": 100 * float((nme > 0.1).mean()) if len(nme) else float("nan"),
                 "false_faces_per_image": self.false_faces / max(1, self.images), "images": self.images}
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def answered_keypoints(answer: dict) -> list[np.ndarray]:
+    return [np.array([[p["x"], p["y"]] for p in face["keypoints"]]) for face in answer["faces"]]
+
+
+def score_over_http(url: str, scenes: list[Scene], concurrency: int = 1, timeout: float = 60.0
+                    ) -> tuple[SceneScore, np.ndarray, list[str]]:
+    """Send every scene (frames as their JPEG file, scenes as JPEG q90) to url; score, latencies (ms), errors."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    from facekp.replies import RETRY_STATUSES, backoff_s
+
+    score, errors = SceneScore(), []
+    latencies = np.full(len(scenes), np.nan)
+    answers: list[list[np.ndarray] | None] = [None] * len(scenes)
+    local = threading.local()
+
+    def one(i: int) -> None:
+        session = getattr(local, "session", None) or requests.Session()
+        local.session = session
+        scene = scenes[i]
+        body = scene.path_bytes or jpeg_bytes(scene.image)
+        try:
+            started = time.perf_counter()
+            for attempt in range(6):
+                reply = session.put(url, data=body, timeout=timeout)
+                if reply.status_code not in RETRY_STATUSES:
+                    break
+                time.sleep(backoff_s(attempt))
+            latencies[i] = (time.perf_counter() - started) * 1000
+            if reply.status_code != 200:
+                raise RuntimeError(f"HTTP {reply.status_code}: {reply.text[:200]}")
+            answers[i] = answered_keypoints(reply.json())
+        except Exception as err:  # counted, reported, never stops the run
+            errors.append(f"{scene.name}: {type(err).__name__}: {err}")
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(len(scenes))))
+    for scene, answer in zip(scenes, answers, strict=True):
+        score.add(scene, answer or [])
+    return score, latencies[np.isfinite(latencies)], errors
+
+
+def evaluate_main(url: str, data: str | None, split: str, scenes: int, concurrency: int, seed: int = 0) -> int:
+    """`python -m facekp.evaluate --model faces`: whole frames, then multi-face scenes."""
+    frames = load_frames(data, split)
+    tests = {"frames": [frame_scene(f) for f in frames], "scenes": build_scenes(frames, scenes, seed)}
+    for scene, frame in zip(tests["frames"], frames, strict=True):
+        scene.path_bytes = frame.path.read_bytes()  # the frame's own JPEG file, as a user would send it
+    failed = 0
+    for name, items in tests.items():
+        print(f"sending {len(items)} {name} of {len(set(f.person for f in frames))} people ({split}) to {url}, "
+              f"{concurrency} concurrent", file=sys.stderr)
+        score, latencies, errors = score_over_http(url, items, concurrency)
+        summary = score.summary()
+        failed += len(errors)
+        for line in errors[:5]:
+            print(f"  failed: {line}", file=sys.stderr)
+        print(f"{name}: {summary['faces']} labelled faces in {summary['images']} images: recall {summary['recall']:.3f}"
+              f" (eyes >= 20 px apart: {summary['recall_eyes_20px_up']:.3f}), NME {summary['nme_pct']:.2f} %, "
+              f"NME > 10 %: {summary['nme_over_10pct']:.1f} % of faces, false faces per image "
+              f"{summary['false_faces_per_image']:.3f}; latency ms p50 {np.percentile(latencies, 50):.0f} "
+              f"p95 {np.percentile(latencies, 95):.0f}")
+    return 1 if failed else 0
 
 
 def calibrate(frames: list[Frame]) -> np.ndarray:

@@ -185,6 +185,22 @@ print(f"    {len(points)} keypoints, e.g. {points[0]['name']} at ({points[0]['x'
 EOF
 ok "curl -T $FACE answers with ${#reply} bytes of JSON: 15 keypoints in contract order"
 
+# --- the photo path: the whole portrait, one face -------------------------------------------------
+PHOTO=samples/astronaut.png
+reply=$(curl -sS --fail-with-body --max-time 60 -T "$PHOTO" "http://127.0.0.1:$PORT/predictions/faces") ||
+    { echo "$reply"; container_logs; fail "curl -T $PHOTO to /predictions/faces failed"; }
+python3 - "$reply" <<'EOF' || { container_logs; fail "the faces reply is not one face with 15 keypoints"; }
+import json
+import sys
+
+reply = json.loads(sys.argv[1])
+(face,) = reply["faces"]
+assert len(face["keypoints"]) == 15 and face["score"] > 0.9, face
+assert reply["image"] == {"width": 512, "height": 512}, reply["image"]
+print(f"    1 face at {face['box']}, score {face['score']}")
+EOF
+ok "curl -T $PHOTO to /predictions/faces answers one face with 15 keypoints"
+
 # --- non-root ------------------------------------------------------------------------------------
 procs=$(podman top "$NAME" user pid args)
 echo "$procs" | sed 's/^/    | /' | cut -c1-150

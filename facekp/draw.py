@@ -1,0 +1,75 @@
+"""Draw the service's answer onto the photo: boxes and the 15 keypoints of every face (PNG).
+
+    python -m facekp.draw samples/astronaut.png -o docs/photos/astronaut.png
+    python -m facekp.draw photo.jpg -o out.png --url http://127.0.0.1:8080
+
+Subject-left points are red, subject-right blue, midline green (as in the data set's preview).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import requests
+from PIL import Image, ImageDraw, ImageOps
+
+from facekp.replies import RETRY_STATUSES, backoff_s
+
+COLOURS = {"left": (230, 40, 40), "right": (40, 90, 230), "mid": (30, 180, 60)}
+
+
+def side_of(name: str) -> str:
+    words = name.split("_")
+    return "left" if "left" in words else "right" if "right" in words else "mid"
+
+
+def draw(photo: Image.Image, answer: dict) -> Image.Image:
+    """The photo (EXIF orientation applied, as the service sees it) with the answer drawn on it."""
+    canvas = ImageOps.exif_transpose(photo).convert("RGB")
+    pen = ImageDraw.Draw(canvas)
+    unit = max(1.0, max(canvas.size) / 400)
+    for face in answer["faces"]:
+        box = face["box"]
+        pen.rectangle([box["x"], box["y"], box["x"] + box["width"], box["y"] + box["height"]],
+                      outline=(255, 220, 0), width=max(1, round(unit)))
+        radius = max(1.5, min(box["width"] / 60, 3 * unit))
+        for point in face["keypoints"]:
+            x, y = point["x"], point["y"]
+            pen.ellipse([x - radius, y - radius, x + radius, y + radius], fill=COLOURS[side_of(point["name"])])
+        pen.text((box["x"], box["y"] - 12 * unit), f"{face['score']:.2f}", fill=(255, 220, 0))
+    return canvas
+
+
+def ask(url: str, body: bytes, timeout: float = 60.0) -> dict:
+    for attempt in range(6):
+        reply = requests.put(f"{url.rstrip('/')}/predictions/faces", data=body, timeout=timeout)
+        if reply.status_code not in RETRY_STATUSES:
+            break
+        time.sleep(backoff_s(attempt))
+    if reply.status_code != 200:
+        raise RuntimeError(f"HTTP {reply.status_code}: {reply.text[:300]}")
+    return reply.json()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("photo", type=Path)
+    parser.add_argument("-o", "--out", type=Path, required=True, help="PNG to write")
+    parser.add_argument("--url", default="http://127.0.0.1:8080", help="the service (make serve)")
+    args = parser.parse_args(argv)
+    try:
+        answer = ask(args.url, args.photo.read_bytes())
+    except (OSError, RuntimeError, requests.RequestException) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    draw(Image.open(args.photo), answer).save(args.out)
+    print(f"wrote {args.out}: {len(answer['faces'])} face(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

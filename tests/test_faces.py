@@ -1,0 +1,181 @@
+"""The photo path, /predictions/faces, on a real TorchServe serving both models on free loopback ports.
+
+Photos are built from the committed public-domain astronaut portrait (and, where the data set is
+present, its whole frames), so most of these tests need no data set.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from facekp import photos
+from facekp.contract import KEYPOINT_NAMES
+from facekp.server import FACES, MODEL_CONFIG, REPO_ROOT, Service, build_archive, free_ports
+from handler import faces as pipeline
+from tests.conftest import require_data
+
+PORTRAIT = Image.open(REPO_ROOT / "samples" / "astronaut.png").convert("RGB")
+FACE_BOX = (165, 50, 285, 170)  # where the astronaut's face is in the portrait
+TIMEOUT = 120
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def keypoints_of(face: dict) -> np.ndarray:
+    assert [p["name"] for p in face["keypoints"]] == list(KEYPOINT_NAMES)
+    return np.array([[p["x"], p["y"]] for p in face["keypoints"]])
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faces")
+    archive = build_archive(export_dir=root / "store", model_config=MODEL_CONFIG)
+    build_archive(export_dir=root / "store", spec=FACES)
+    svc = Service(run_dir=root / "run", model_store=archive.parent, models=("keypoints", "faces"), **free_ports())
+    svc.start(archive)
+    try:
+        svc.wait_ready(timeout=240)
+        yield svc
+    finally:
+        svc.stop()
+
+
+def put(service, body: bytes) -> requests.Response:
+    return requests.put(f"{service.inference_url}/predictions/faces", data=body, timeout=TIMEOUT)
+
+
+def test_the_portrait_has_one_face_with_its_keypoints_on_it(service):
+    reply = put(service, encode(PORTRAIT))
+    assert reply.status_code == 200, reply.text
+    answer = reply.json()
+    assert answer["image"] == {"width": 512, "height": 512}
+    (face,) = answer["faces"]
+    assert face["score"] > 0.9
+    box = face["box"]
+    assert abs(box["x"] + box["width"] / 2 - 225) < 20 and abs(box["y"] + box["height"] / 2 - 115) < 25
+    points = keypoints_of(face)
+    left_eye, right_eye = points[0], points[1]
+    assert left_eye[0] > right_eye[0], "the subject's left eye is on the image's right"
+    assert np.all((points >= [FACE_BOX[0], FACE_BOX[1]]) & (points <= [FACE_BOX[2], FACE_BOX[3]]))
+    # the same face answered by the crop contract from the committed 192x192 crop of that box
+    crop = requests.put(f"{service.inference_url}/predictions/keypoints",
+                        data=(REPO_ROOT / "samples" / "astronaut_face.png").read_bytes(), timeout=TIMEOUT).json()
+    from_crop = np.array([[p["x"], p["y"]] for p in crop["keypoints"]]) * 120 / 192 + [FACE_BOX[0], FACE_BOX[1]]
+    assert np.abs(points - from_crop).mean() < 3.0
+
+
+def test_a_frame_of_the_data_set_gives_one_face_on_its_labels(service):
+    require_data()
+    frame = photos.load_frames(split="validation")[0]
+    answer = put(service, frame.path.read_bytes()).json()
+    matched = [keypoints_of(f) for f in answer["faces"]]
+    score = photos.SceneScore()
+    score.add(photos.frame_scene(frame), matched)
+    assert score.found == [True] and score.nme[0] < 0.10
+
+
+def test_no_face_is_an_empty_list(service):
+    ramp = np.linspace(0, 255, 640)[None, :].repeat(480, 0).astype(np.uint8)
+    reply = put(service, encode(Image.fromarray(ramp)))
+    assert reply.status_code == 200 and reply.json() == {"faces": [], "image": {"width": 640, "height": 480}}
+
+
+def test_many_faces_answer_the_50_largest_largest_first(service):
+    grid = Image.new("RGB", (1280, 960), (128, 128, 128))
+    face = PORTRAIT.crop((150, 30, 300, 190))
+    for row in range(8):
+        for col in range(8):
+            side = 100 + 2 * ((row * 8 + col) % 10)  # 64 faces of slightly different sizes
+            grid.paste(face.resize((side * 150 // 160, side)), (col * 158 + 4, row * 118 + 2))
+    answer = put(service, encode(grid, "JPEG", quality=92)).json()
+    areas = [f["box"]["width"] * f["box"]["height"] for f in answer["faces"]]
+    assert len(areas) == pipeline.MAX_FACES
+    assert all(a >= 0.99 * b for a, b in zip(areas, areas[1:], strict=False)), "largest first (boxes rounded)"
+
+
+def test_a_40_megapixel_photo_is_answered_and_a_bigger_one_refused(service):
+    big = Image.new("RGB", (8000, 5000), (90, 90, 100))  # 40,000,000 pixels: the limit
+    big.paste(PORTRAIT.resize((2048, 2048)), (3000, 1500))
+    reply = put(service, encode(big, "JPEG", quality=85))
+    assert reply.status_code == 200, reply.text
+    answer = reply.json()
+    assert answer["image"] == {"width": 8000, "height": 5000}
+    (face,) = answer["faces"]
+    centre = keypoints_of(face).mean(0)  # the face sits at 3000 + 4 x (225, 115) in the big photo
+    assert np.abs(centre - [3000 + 4 * 225, 1500 + 4 * 115]).max() < 60
+    too_big = put(service, encode(Image.new("L", (8000, 5001)), "PNG"))
+    assert too_big.status_code == 413 and "at most 40,000,000 pixels" in too_big.json()["error"]
+
+
+def test_tiny_and_border_cut_faces_are_answered_without_error(service):
+    tiny = Image.new("RGB", (640, 480), (120, 120, 120))
+    tiny.paste(PORTRAIT.resize((48, 48)), (300, 200))  # a face about 10 px wide
+    assert put(service, encode(tiny)).status_code == 200
+    cut = PORTRAIT.crop((200, 0, 512, 512))  # the left third of the face is outside the image
+    reply = put(service, encode(cut))
+    assert reply.status_code == 200
+    for face in reply.json()["faces"]:
+        assert face["box"]["x"] < cut.width and face["box"]["x"] + face["box"]["width"] > 0
+        assert np.isfinite(keypoints_of(face)).all()
+
+
+def test_exif_rotation_answers_in_the_displayed_image(service):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: viewers turn it 90 degrees clockwise
+    stored = PORTRAIT.transpose(Image.Transpose.ROTATE_90)
+    rotated = put(service, encode(stored, "JPEG", quality=95, exif=exif)).json()
+    upright = put(service, encode(PORTRAIT, "JPEG", quality=95)).json()
+    assert rotated["image"] == {"width": 512, "height": 512}
+    assert np.abs(keypoints_of(rotated["faces"][0]) - keypoints_of(upright["faces"][0])).max() < 2.0
+
+
+def test_multipart_and_bad_input(service):
+    url = f"{service.inference_url}/predictions/faces"
+    form = requests.post(url, files={"data": ("p.png", encode(PORTRAIT), "image/png")}, timeout=TIMEOUT)
+    assert form.status_code == 200 and len(form.json()["faces"]) == 1
+    text = requests.put(url, data=b"not an image", timeout=TIMEOUT)
+    assert text.status_code == 415 and "not a readable image" in text.json()["error"]
+    empty = requests.put(url, data=b"", timeout=TIMEOUT)
+    assert empty.status_code == 400
+
+
+def test_concurrent_photos_share_batches_and_each_gets_its_own_faces(service):
+    shifts = [(0, 0), (60, 0), (0, 60), (60, 60), (30, 30), (90, 10)]
+    bodies = [encode(PORTRAIT.crop((dx, dy, dx + 400, dy + 400))) for dx, dy in shifts]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(lambda b: put(service, b).json(), bodies))
+    for (dx, dy), answer in zip(shifts, answers, strict=True):
+        (face,) = answer["faces"]
+        centre = keypoints_of(face).mean(0) + [dx, dy]  # back in portrait pixels: the same face every time
+        assert np.abs(centre - [225, 115]).max() < 15
+    log = (service.log_dir / "model_log.log").read_text(errors="replace")
+    assert max(int(n) for n in re.findall(r"batch of (\d+) photos", log)) > 1
+
+
+def test_fit_square_recovers_the_framing_of_the_mean_layout():
+    from facekp.contract import MEAN_LAYOUT
+
+    square = pipeline.Square(x0=100.0, y0=40.0, side=192.0)
+    points = (MEAN_LAYOUT + 0.5) * square.side / 96 - 0.5 + [square.x0, square.y0]
+    fitted = pipeline.fit_square(points, MEAN_LAYOUT)
+    assert np.allclose([fitted.x0, fitted.y0, fitted.side], [100.0, 40.0, 192.0], atol=1e-6)
+    normalized = (MEAN_LAYOUT - 48) / 48
+    assert np.allclose(pipeline.to_image(normalized, fitted), points, atol=1e-4)
+
+
+def test_crop_repeats_edge_pixels_outside_the_image():
+    gray = np.full((50, 50), 200, np.uint8)
+    gray[:, :5] = 10
+    out = pipeline.crop(gray, pipeline.Square(-50.0, 0.0, 100.0))
+    assert out.shape == (96, 96) and out[:, :40].max() < 0.1 and out[:, -10:].min() > 0.7
