@@ -89,12 +89,14 @@ SPAWN_RATE ?= 16
 DURATION ?= 60s
 P95_MS ?= 500
 LOADTEST_URL ?= http://$(HOST):$(INFERENCE_PORT)
+LOADTEST_MODEL ?= keypoints
 
 ## loadtest: headless Locust against a running service (make serve) for DURATION at USERS users; reports in
 ## loadtest/reports/; fails on any failed request or p95 > P95_MS. e.g. make loadtest USERS=32 DURATION=5m
+## LOADTEST_MODEL=faces sends the photo mix (whole frames, 1280x960 multi-face scenes) to /predictions/faces
 loadtest: $(VENV)/.runtime
 	$(PY) -m loadtest.run --host $(LOADTEST_URL) --users $(USERS) --spawn-rate $(SPAWN_RATE) \
-		--duration $(DURATION) --p95-ms $(P95_MS)
+		--duration $(DURATION) --p95-ms $(P95_MS) --model $(LOADTEST_MODEL)
 
 ## bench: in-process ceiling vs served throughput/latency for a grid of configurations (own TorchServes on free
 ## ports, ~8 min); writes docs/performance/bench.csv, bench.png and the numbers in docs/performance.md

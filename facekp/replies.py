@@ -35,6 +35,20 @@ def parse_reply(status: int, text: str | None) -> np.ndarray:
     return coords
 
 
+def check_faces_reply(status: int, text: str | None) -> str | None:
+    """None if the reply of /predictions/faces is good (200, a list of faces with the 15 contract keypoints)."""
+    if status != 200:
+        return f"HTTP {status}: {(text or '')[:200]}"
+    try:
+        faces = json.loads(text or "")["faces"]
+        for face in faces:
+            if [p["name"] for p in face["keypoints"]] != list(KEYPOINT_NAMES):
+                return "a face without the 15 contract keypoints in order"
+    except (ValueError, KeyError, TypeError) as err:
+        return f"not a faces answer ({type(err).__name__}: {err})"
+    return None
+
+
 def check_reply(status: int, text: str | None) -> str | None:
     """None if the reply is good, else why it is not (for load tests that count failures)."""
     try:

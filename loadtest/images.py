@@ -63,8 +63,19 @@ def build_mix(faces: int = 64, data_path: str | Path | None = None) -> list[Uplo
 def describe(uploads: list[Upload]) -> str:
     """'32 png96 (4.4 KB avg), 16 jpeg480 (...)': for logs and the docs."""
     parts = []
-    for kind in MIX:
-        sizes = [len(u.body) for u in uploads if u.kind == kind.label]
-        if sizes:
-            parts.append(f"{len(sizes)} {kind.label} ({np.mean(sizes) / 1024:.1f} KB avg)")
+    for kind in dict.fromkeys(u.kind for u in uploads):
+        sizes = [len(u.body) for u in uploads if u.kind == kind]
+        parts.append(f"{len(sizes)} {kind} ({np.mean(sizes) / 1024:.1f} KB avg)")
     return ", ".join(parts)
+
+
+def build_photo_mix(count: int = 32, frames_dir: str | Path | None = None, seed: int = 0) -> list[Upload]:
+    """The photo path's mix for /predictions/faces: half whole video frames as their own JPEG files (one face,
+    74 to 450 px), half 1280x960 JPEG scenes of 2 to 6 faces (facekp.photos)."""
+    from facekp import photos
+
+    frames = photos.load_frames(frames_dir, "validation")
+    step = max(1, len(frames) // max(1, count // 2))
+    uploads = [Upload("frame", "image/jpeg", f.path.read_bytes()) for f in frames[::step][:count // 2]]
+    scenes = photos.build_scenes(frames, count - len(uploads), seed)
+    return uploads + [Upload("scene1280", "image/jpeg", photos.jpeg_bytes(scene.image)) for scene in scenes]

@@ -1,4 +1,5 @@
-"""Locust load test: real faces (96x96 PNG and photo-sized JPEG) POSTed to /predictions/keypoints.
+"""Locust load test: real faces (96x96 PNG and photo-sized JPEG) POSTed to /predictions/keypoints, or with
+--model faces the photo mix (whole frames and 1280x960 multi-face scenes) to /predictions/faces.
 
 A response counts as a success only if it is HTTP 200 with the 15 keypoints named in the
 contract's order. A refusal (503/507: full, retry later) counts as a failure, and that user then
@@ -20,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # locust import
 import gevent  # noqa: E402
 from locust import FastHttpUser, constant, events, task  # noqa: E402
 
-from facekp.replies import RETRY_STATUSES, backoff_s, check_reply  # noqa: E402
-from loadtest.images import Upload, build_mix, describe  # noqa: E402
+from facekp.replies import RETRY_STATUSES, backoff_s, check_faces_reply, check_reply  # noqa: E402
+from loadtest.images import Upload, build_mix, build_photo_mix, describe  # noqa: E402
 
 logger = logging.getLogger(__name__)
 UPLOADS: list[Upload] = []
@@ -47,7 +48,8 @@ def _timeouts(environment, **_kwargs) -> None:
 def _build_uploads(environment, **_kwargs) -> None:
     """Encode the mix once, before any user starts, so encoding never shows up as latency."""
     if not UPLOADS:
-        UPLOADS.extend(build_mix(environment.parsed_options.faces))
+        options = environment.parsed_options
+        UPLOADS.extend(build_photo_mix(options.faces) if options.model == "faces" else build_mix(options.faces))
         logger.info("upload mix: %s", describe(UPLOADS))
 
 
@@ -68,7 +70,8 @@ class KeypointClient(FastHttpUser):
         self.next += 1
         with self.client.post(self.path, data=upload.body, headers={"Content-Type": upload.content_type},
                               name=f"{self.path} [{upload.kind}]", catch_response=True) as reply:
-            problem = check_reply(reply.status_code, reply.text)
+            check = check_faces_reply if self.environment.parsed_options.model == "faces" else check_reply
+            problem = check(reply.status_code, reply.text)
             if problem:
                 reply.failure(problem)
             else:
