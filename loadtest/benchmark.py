@@ -3,6 +3,7 @@
     python -m loadtest.benchmark            # make bench: the whole grid, ~7.5 minutes on 2 cores
     python -m loadtest.benchmark --configs b8-d5-w2t1 --concurrency 16 --duration 4   # one point
 
+0. (last) The photo mix to /predictions/faces, both models served (loadtest.photo_bench).
 1. Ceiling (loadtest.ceiling): handler.processing.decode_image + to_model_input + the TorchScript
    model in this process with torch threads = all cores, at batch sizes 1, 8, 16, 32; also two
    1-thread processes side by side. Measured at the start, at bs32 again just before each
@@ -30,7 +31,7 @@ import torch
 
 from facekp.data import REPO_ROOT
 from facekp.server import MODEL_FILE
-from loadtest import report
+from loadtest import photo_bench, report
 from loadtest.ceiling import ceiling, ceiling_loop, ceiling_processes, split
 from loadtest.cpu import log, wait_for_quiet
 from loadtest.images import build_mix, describe
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds to wait for other programs to go quiet before each measurement")
     parser.add_argument("--faces", type=int, default=64, help="distinct uploads in the mix")
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="folder for bench.csv and bench.png")
+    parser.add_argument("--photos", action=argparse.BooleanOptionalAction, default=True,
+                        help="also serve the photo mix to /predictions/faces (loadtest.photo_bench, ~1.5 min)")
     parser.add_argument("--doc", type=Path, default=DOC, help="markdown file whose generated block is replaced")
     args = parser.parse_args(argv)
     configs = CONFIGS if args.configs == "all" else tuple(c for c in CONFIGS if c.name in args.configs.split(","))
@@ -116,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
                 service.stop()
     add_ceiling(ADJACENT_BATCH, "end")
     add_two_processes("end")
+    if args.photos:
+        log("photo mix: /predictions/faces with both models served (docs/performance/bench_photos.csv)")
+        photo_bench.write(photo_bench.photo_points(), args.out / "bench_photos.csv")
 
     best_ceiling = max(r["throughput"] for r in report.one_process_ceilings(rows))
     for row in rows:
