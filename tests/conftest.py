@@ -19,21 +19,28 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from facekp import data as facedata  # noqa: E402
-from facekp.server import MODEL_FILE, Service, build_archive, free_ports  # noqa: E402
+from facekp.server import KEYPOINTS, MODEL_FILE, ModelSpec, Service, build_archive, free_ports  # noqa: E402
 
 
 @contextmanager
-def running_service(root: Path, model_config: str, **service_args) -> Iterator[Service]:
+def running_service(root: Path, model_config: str | None = None, specs: tuple[ModelSpec, ...] = (KEYPOINTS,),
+                    **service_args) -> Iterator[Service]:
     """A real TorchServe serving the committed model on free loopback ports, stopped on exit.
 
-    model_config is the text of the archive's model-config.yaml (batching, workers).
+    model_config is the text of the keypoints archive's model-config.yaml (batching, workers), else the
+    shipped one; specs are the models to archive into root/store and serve (keypoints, and faces).
     """
-    (root / "model-config.yaml").write_text(model_config)
-    archive = build_archive(MODEL_FILE, root / "store", root / "model-config.yaml")
-    service = Service(run_dir=root / "run", model_store=archive.parent, **{**free_ports(), **service_args})
-    service.start(archive)
+    config = None
+    if model_config is not None:
+        config = root / "model-config.yaml"
+        config.write_text(model_config)
+    archives = [build_archive(MODEL_FILE, root / "store", config if spec is KEYPOINTS else None, spec)
+                for spec in specs]
+    service_args.setdefault("models", tuple(spec.name for spec in specs))
+    service = Service(run_dir=root / "run", model_store=root / "store", **{**free_ports(), **service_args})
+    service.start(archives[0])
     try:
-        service.wait_ready(timeout=180)
+        service.wait_ready(timeout=240)
         yield service
     finally:
         service.stop()

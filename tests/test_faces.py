@@ -17,9 +17,9 @@ from PIL import Image
 
 from facekp import photos
 from facekp.contract import KEYPOINT_NAMES
-from facekp.server import FACES, MODEL_CONFIG, REPO_ROOT, Service, build_archive, free_ports
+from facekp.server import FACES, KEYPOINTS, REPO_ROOT
 from handler import faces as pipeline
-from tests.conftest import require_data
+from tests.conftest import require_data, running_service
 
 PORTRAIT = Image.open(REPO_ROOT / "samples" / "astronaut.png").convert("RGB")
 FACE_BOX = (165, 50, 285, 170)  # where the astronaut's face is in the portrait
@@ -39,16 +39,8 @@ def keypoints_of(face: dict) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faces")
-    archive = build_archive(export_dir=root / "store", model_config=MODEL_CONFIG)
-    build_archive(export_dir=root / "store", spec=FACES)
-    svc = Service(run_dir=root / "run", model_store=archive.parent, models=("keypoints", "faces"), **free_ports())
-    svc.start(archive)
-    try:
-        svc.wait_ready(timeout=240)
+    with running_service(tmp_path_factory.mktemp("faces"), specs=(KEYPOINTS, FACES)) as svc:
         yield svc
-    finally:
-        svc.stop()
 
 
 def put(service, body: bytes) -> requests.Response:

@@ -22,7 +22,8 @@ import requests
 from PIL import Image
 
 from facekp.contract import KEYPOINT_NAMES
-from facekp.server import REPO_ROOT, Service, build_archive, free_port, free_ports
+from facekp.server import REPO_ROOT, free_port
+from tests.conftest import running_service
 
 KSERVE_CONFIG = REPO_ROOT / "k8s" / "kserve" / "config" / "config.properties"
 PHOTO = REPO_ROOT / "samples" / "astronaut.png"
@@ -68,15 +69,9 @@ def faces() -> list[bytes]:
 def torchserve_kserve(tmp_path_factory):
     """TorchServe as KServe's runtime starts it: the shipped config, models from its model_snapshot."""
     root = tmp_path_factory.mktemp("kserve-torchserve")
-    archive = build_archive(export_dir=root / "model-store")
-    service = Service(run_dir=root / "run", model_store=archive.parent, config=KSERVE_CONFIG,
-                      extra_config={"model_store": str(archive.parent)}, models_from_config=True, **free_ports())
-    service.start(archive)
-    try:
-        service.wait_ready(timeout=180)
+    with running_service(root, config=KSERVE_CONFIG, extra_config={"model_store": str(root / "store")},
+                         models_from_config=True) as service:
         yield service
-    finally:
-        service.stop()
 
 
 @pytest.fixture(scope="module")
