@@ -153,7 +153,12 @@ def answer_photos(requests: list[dict[str, Any]], detector: FaceDetector, run_mo
         slots.append(i)
     points = keypoints_for(grays, squares, run_model, refine_steps)
     for slot, detections, per_face, (width, height), scale in zip(slots, found, points, sizes, scales, strict=True):
-        detections = [Detection(tuple(scale * (v + 0.5) - 0.5 if k < 2 else scale * v for k, v in enumerate(d.box)),
-                                d.score, d.landmarks) for d in detections]
-        replies[slot] = Reply(200, faces_json(detections, [scale * (p + 0.5) - 0.5 for p in per_face], width, height))
+        # the detector's boxes are in continuous coordinates (edges), the keypoints in pixel-centre ones
+        detections = [Detection(tuple(v * scale for v in d.box), d.score, d.landmarks * scale) for d in detections]
+        replies[slot] = Reply(200, faces_json(detections, [rescale(p, scale) for p in per_face], width, height))
     return replies  # type: ignore[return-value]
+
+
+def rescale(points: np.ndarray, scale: float) -> np.ndarray:
+    """Keypoints in pixels of a JPEG decoded at 1/scale (decode_photo) -> pixels of the image as sent."""
+    return scale * (np.asarray(points) + 0.5) - 0.5
