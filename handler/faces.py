@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from facekp.contract import IMAGE_SIZE, KEYPOINT_NAMES, MEAN_LAYOUT, denormalize
+from handler import kserve_protocol
 from handler.face_detector import Detection, FaceDetector
 from handler.processing import MAX_PIXELS, Reply, RequestError, decode_photo, error_json, read_request
 
@@ -129,14 +130,16 @@ def faces_json(detections: list[Detection], points: list[np.ndarray], width: int
 
 def answer_photos(requests: list[dict[str, Any]], detector: FaceDetector, run_model: Callable[[np.ndarray], np.ndarray],
                   max_pixels: int = MAX_PIXELS, headers: list[Mapping[str, Any]] | None = None,
-                  max_faces: int = MAX_FACES, refine_steps: int = REFINE_STEPS) -> list[Reply]:
+                  max_faces: int = MAX_FACES, refine_steps: int = REFINE_STEPS,
+                  model_name: str = "faces") -> list[Reply]:
     """Answer a server-side batch of photos: bad requests get their own 4xx; the faces of all the others
-    go through the keypoint model together."""
+    go through the keypoint model together. Each answer is in its request's form (plain, KServe v2/v1)."""
     replies: list[Reply | None] = [None] * len(requests)
-    grays, squares, found, sizes, slots, scales = [], [], [], [], [], []
+    grays, squares, found, sizes, slots, scales, incomings = [], [], [], [], [], [], []
     for i, request in enumerate(requests):
         try:
-            photo, scale = decode_photo(read_request(request, headers[i] if headers else None).image, max_pixels)
+            incoming = read_request(request, headers[i] if headers else None)
+            photo, scale = decode_photo(incoming.image, max_pixels)
             detections = largest_first(detector.detect(np.asarray(photo)), max_faces)
         except RequestError as err:
             replies[i] = Reply(err.status, error_json(err))
@@ -151,11 +154,16 @@ def answer_photos(requests: list[dict[str, Any]], detector: FaceDetector, run_mo
         sizes.append((round(photo.width * scale), round(photo.height * scale)))
         scales.append(scale)
         slots.append(i)
+        incomings.append(incoming)
     points = keypoints_for(grays, squares, run_model, refine_steps)
-    for slot, detections, per_face, (width, height), scale in zip(slots, found, points, sizes, scales, strict=True):
+    for slot, detections, per_face, (width, height), scale, incoming in zip(
+            slots, found, points, sizes, scales, incomings, strict=True):
         # the detector's boxes are in continuous coordinates (edges), the keypoints in pixel-centre ones
         detections = [Detection(tuple(v * scale for v in d.box), d.score, d.landmarks * scale) for d in detections]
-        replies[slot] = Reply(200, faces_json(detections, [rescale(p, scale) for p in per_face], width, height))
+        answer = faces_json(detections, [rescale(p, scale) for p in per_face], width, height)
+        if incoming.protocol:
+            answer = kserve_protocol.kserve_answer(incoming.protocol, answer, incoming.envelope, model_name)
+        replies[slot] = Reply(200, answer)
     return replies  # type: ignore[return-value]
 
 

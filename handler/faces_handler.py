@@ -17,6 +17,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from handler.face_detector import FaceDetector
 from handler.faces import MAX_FACES, REFINE_STEPS, answer_photos
+from handler.kserve_protocol import pass_torchserve_envelopes_through
 from handler.processing import MAX_PIXELS
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class FacesHandler(BaseHandler):
         self.detector = FaceDetector(score_threshold=float(settings.get("score_threshold", 0.5)),
                                      max_side=int(settings.get("detect_max_side", 1280)), threads=threads or 1,
                                      device=str(self.device))
+        pass_torchserve_envelopes_through()
         logger.info("faces: detector on %s, keypoints on %s, at most %d faces per image, %d refine step(s)",
                     self.detector.provider, self.device, self.max_faces, self.refine_steps)
 
@@ -45,7 +47,7 @@ class FacesHandler(BaseHandler):
     def handle(self, data: list[dict], context) -> list[str]:
         headers = [context.get_all_request_header(i) for i in range(len(data))]
         replies = answer_photos(data, self.detector, self.run_model, self.max_pixels, headers, self.max_faces,
-                                self.refine_steps)
+                                self.refine_steps, context.manifest["model"]["modelName"])
         faces = sum(len(r.body.get("faces", [])) for r in replies)
         logger.info("batch of %d photos: %d faces, %d refused", len(replies), faces,
                     sum(r.status != 200 for r in replies))

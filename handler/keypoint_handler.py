@@ -19,19 +19,10 @@ import numpy as np
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
+from handler.kserve_protocol import pass_torchserve_envelopes_through
 from handler.processing import MAX_PIXELS, answer_batch
 
 logger = logging.getLogger(__name__)
-
-
-def _pass_kserve_envelopes_through() -> None:
-    """Make TorchServe's KServe envelopes hand the whole batch over unchanged, and take the answers as they are."""
-    from ts.torch_handler.request_envelope.kserve import KServeEnvelope
-    from ts.torch_handler.request_envelope.kservev2 import KServev2Envelope
-
-    for envelope in (KServeEnvelope, KServev2Envelope):
-        envelope.parse_input = lambda self, data: data
-        envelope.format_output = lambda self, data: data
 
 
 class KeypointHandler(BaseHandler):
@@ -42,7 +33,7 @@ class KeypointHandler(BaseHandler):
         if settings.get("torch_threads"):  # intra-op threads per worker; see docs/performance.md
             torch.set_num_threads(int(settings["torch_threads"]))
         self.model_name = context.manifest["model"]["modelName"]
-        _pass_kserve_envelopes_through()
+        pass_torchserve_envelopes_through()
 
     @torch.inference_mode()
     def run_model(self, batch: np.ndarray) -> np.ndarray:

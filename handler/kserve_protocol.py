@@ -10,6 +10,9 @@ the protocols' numbers are exactly the plain answer's. One image per request:
             "datatype": "INT32", "data": [width, height]}]}
     v1  {"instances": [{"data": "<base64>"}]}  (or {"b64": ..} or {"image": {"b64": ..}})
         -> {"predictions": [<the plain answer>]}
+
+The `faces` model answers v2 with one row per face: "boxes" [N, 4] (x, y, width, height), "scores"
+[N] and "keypoints" [N, 15, 2], largest face first, plus "image_size"; N may be 0.
 """
 
 from __future__ import annotations
@@ -97,16 +100,42 @@ def _decode_base64(value: Any) -> bytes:
 
 def kserve_answer(protocol: str, answer: Mapping[str, Any], request: Mapping[str, Any],
                   model_name: str) -> dict[str, Any]:
-    """The plain answer (handler.processing.keypoints_json) in the request's protocol."""
+    """The plain answer (keypoints_json, or faces_json of the photo path) in the request's protocol."""
     if protocol == "v1":
         return {"predictions": [dict(answer)]}
-    xy = [value for point in answer["keypoints"] for value in (point["x"], point["y"])]
     image = answer["image"]
     reply: dict[str, Any] = {"model_name": model_name}
     if isinstance(request.get("id"), str) and request["id"]:
         reply["id"] = request["id"]
-    reply["outputs"] = [
-        {"name": "keypoints", "shape": [1, NUM_KEYPOINTS, 2], "datatype": "FP32", "data": xy},
-        {"name": "image_size", "shape": [1, 2], "datatype": "INT32", "data": [image["width"], image["height"]]},
-    ]
+    if "faces" in answer:
+        faces = answer["faces"]
+        boxes = [f["box"][k] for f in faces for k in ("x", "y", "width", "height")]
+        outputs = [
+            {"name": "boxes", "shape": [len(faces), 4], "datatype": "FP32", "data": boxes},
+            {"name": "scores", "shape": [len(faces)], "datatype": "FP32", "data": [f["score"] for f in faces]},
+            {"name": "keypoints", "shape": [len(faces), NUM_KEYPOINTS, 2], "datatype": "FP32",
+             "data": [v for f in faces for p in f["keypoints"] for v in (p["x"], p["y"])]},
+        ]
+    else:
+        xy = [value for point in answer["keypoints"] for value in (point["x"], point["y"])]
+        outputs = [{"name": "keypoints", "shape": [1, NUM_KEYPOINTS, 2], "datatype": "FP32", "data": xy}]
+    outputs.append({"name": "image_size", "shape": [1, 2], "datatype": "INT32",
+                    "data": [image["width"], image["height"]]})
+    reply["outputs"] = outputs
     return reply
+
+
+def pass_torchserve_envelopes_through() -> None:
+    """Make TorchServe's KServe envelopes hand the whole batch over unchanged and take the answers as they are.
+
+    With service_envelope=kservev2 (or kserve) TorchServe wraps the handler in an envelope that reads
+    only the first request of a batch and answers the batch as one (pytorch/serve #2158, #1302). The
+    handlers read each request's KServe JSON themselves (image_from_kserve), so they call this when
+    they start. Imported here, not at module level: this module stays free of TorchServe.
+    """
+    from ts.torch_handler.request_envelope.kserve import KServeEnvelope
+    from ts.torch_handler.request_envelope.kservev2 import KServev2Envelope
+
+    for envelope in (KServeEnvelope, KServev2Envelope):
+        envelope.parse_input = lambda self, data: data
+        envelope.format_output = lambda self, data: data

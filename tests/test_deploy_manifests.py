@@ -210,9 +210,13 @@ def test_kserve_torchserve_config_matches_the_model_config():
     snapshot = json.loads(settings["model_snapshot"])
     version = snapshot["models"]["keypoints"]["1.0"]
     assert version["marName"] == "keypoints.mar"
-    model_config = yaml.safe_load((REPO / "serve" / "model-config.yaml").read_text())
-    for key in ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout"):
-        assert version[key] == model_config[key], key
+    for model, config_file in (("keypoints", "model-config.yaml"), ("faces", "faces-config.yaml")):
+        version = snapshot["models"][model]["1.0"]
+        assert version["marName"] == f"{model}.mar"
+        model_config = yaml.safe_load((REPO / "serve" / config_file).read_text())
+        for key in ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout"):
+            assert version[key] == model_config[key], (model, key)
+    assert snapshot["modelCount"] == len(snapshot["models"])
     assert settings["disable_token_authorization"] == "true"
 
 

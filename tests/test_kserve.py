@@ -22,7 +22,7 @@ import requests
 from PIL import Image
 
 from facekp.contract import KEYPOINT_NAMES
-from facekp.server import REPO_ROOT, free_port
+from facekp.server import FACES, KEYPOINTS, REPO_ROOT, free_port
 from tests.conftest import running_service
 
 KSERVE_CONFIG = REPO_ROOT / "k8s" / "kserve" / "config" / "config.properties"
@@ -69,8 +69,8 @@ def faces() -> list[bytes]:
 def torchserve_kserve(tmp_path_factory):
     """TorchServe as KServe's runtime starts it: the shipped config, models from its model_snapshot."""
     root = tmp_path_factory.mktemp("kserve-torchserve")
-    with running_service(root, config=KSERVE_CONFIG, extra_config={"model_store": str(root / "store")},
-                         models_from_config=True) as service:
+    with running_service(root, specs=(KEYPOINTS, FACES), config=KSERVE_CONFIG,
+                         extra_config={"model_store": str(root / "store")}, models_from_config=True) as service:
         yield service
 
 
@@ -134,6 +134,21 @@ def test_torchserve_16_concurrent_v2_requests_each_get_their_own_face(torchserve
     log = (torchserve_kserve.log_dir / "model_log.log").read_text(errors="replace")
     sizes = [int(n) for n in re.findall(r"batch of (\d+):", log)]
     assert max(sizes) > 1, f"no request was batched with another: {sizes}"
+
+
+def test_torchserve_v2_faces_answer_has_one_row_per_face(torchserve_kserve):
+    url = torchserve_kserve.inference_url
+    photo = PHOTO.read_bytes()
+    plain = requests.put(f"{url}/predictions/faces", data=photo, timeout=60).json()
+    reply = requests.post(f"{url}/v2/models/faces/infer", json=v2_request(photo, "p1"), timeout=60)
+    assert reply.status_code == 200, reply.text
+    outputs = {o["name"]: o for o in reply.json()["outputs"]}
+    (face,) = plain["faces"]
+    assert outputs["boxes"]["shape"] == [1, 4] and outputs["scores"]["data"] == [face["score"]]
+    assert outputs["boxes"]["data"] == [face["box"][k] for k in ("x", "y", "width", "height")]
+    assert outputs["keypoints"]["shape"] == [1, 15, 2]
+    assert np.array_equal(np.array(outputs["keypoints"]["data"]).reshape(15, 2), plain_keypoints(face))
+    assert outputs["image_size"]["data"] == [512, 512] and reply.json()["model_name"] == "faces"
 
 
 @pytest.mark.parametrize(("body", "status", "says"), [
