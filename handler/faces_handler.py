@@ -11,12 +11,12 @@ import json
 import logging
 from http import HTTPStatus
 
-import numpy as np
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from handler.face_detector import FaceDetector
 from handler.faces import MAX_FACES, REFINE_STEPS, answer_photos
+from handler.inference import choose_precision, model_runner
 from handler.kserve_protocol import pass_torchserve_envelopes_through
 from handler.processing import MAX_PIXELS
 
@@ -33,16 +33,14 @@ class FacesHandler(BaseHandler):
         threads = int(settings.get("torch_threads", 0))
         if threads:
             torch.set_num_threads(threads)
+        self.precision = choose_precision(str(settings.get("precision", "auto")), self.device)
+        self.run_model = model_runner(self.model, self.device, self.precision)
         self.detector = FaceDetector(score_threshold=float(settings.get("score_threshold", 0.5)),
                                      max_side=int(settings.get("detect_max_side", 1280)), threads=threads or 1,
                                      device=str(self.device))
         pass_torchserve_envelopes_through()
-        logger.info("faces: detector on %s, keypoints on %s, at most %d faces per image, %d refine step(s)",
-                    self.detector.provider, self.device, self.max_faces, self.refine_steps)
-
-    @torch.inference_mode()
-    def run_model(self, batch: np.ndarray) -> np.ndarray:
-        return self.model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
+        logger.info("faces: detector on %s, keypoints %s on %s, at most %d faces per image, %d refine step(s)",
+                    self.detector.provider, self.precision, self.device, self.max_faces, self.refine_steps)
 
     def handle(self, data: list[dict], context) -> list[str]:
         headers = [context.get_all_request_header(i) for i in range(len(data))]

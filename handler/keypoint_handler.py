@@ -15,10 +15,10 @@ import json
 import logging
 from http import HTTPStatus
 
-import numpy as np
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
+from handler.inference import choose_precision, model_runner
 from handler.kserve_protocol import pass_torchserve_envelopes_through
 from handler.processing import MAX_PIXELS, answer_batch
 
@@ -33,11 +33,10 @@ class KeypointHandler(BaseHandler):
         if settings.get("torch_threads"):  # intra-op threads per worker; see docs/performance.md
             torch.set_num_threads(int(settings["torch_threads"]))
         self.model_name = context.manifest["model"]["modelName"]
+        self.precision = choose_precision(str(settings.get("precision", "auto")), self.device)
+        self.run_model = model_runner(self.model, self.device, self.precision)
+        logger.info("keypoints: %s on %s, %d torch thread(s)", self.precision, self.device, torch.get_num_threads())
         pass_torchserve_envelopes_through()
-
-    @torch.inference_mode()
-    def run_model(self, batch: np.ndarray) -> np.ndarray:
-        return self.model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
 
     def handle(self, data: list[dict], context) -> list[str]:
         headers = [context.get_all_request_header(i) for i in range(len(data))]

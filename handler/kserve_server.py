@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import requests
 import torch
 
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from facekp.contract import NUM_KEYPOINTS  # noqa: E402
 from facekp.server import port_in_use  # noqa: E402
 from handler.batching import MicroBatcher  # noqa: E402
+from handler.inference import choose_precision, model_runner  # noqa: E402
 from handler.kserve_protocol import V2_INPUT  # noqa: E402
 from handler.processing import MAX_PIXELS, Reply, RequestError, answer_batch  # noqa: E402
 
@@ -53,16 +53,14 @@ def make_model(name: str, model_file: Path, max_pixels: int = MAX_PIXELS, batch_
             device = "cuda" if torch.cuda.is_available() else "cpu"
             self.device = torch.device(device)
             self.net = torch.jit.load(str(model_file), map_location=self.device).eval()
+            self.precision = choose_precision("auto", self.device)
+            self.run_model = model_runner(self.net, self.device, self.precision)
             self.batcher = MicroBatcher(self.answer_batch, batch_size, max_batch_delay_ms / 1000)
             self.ready = True
             return self.ready
 
         def answer_batch(self, bodies: list[Any]) -> list[Reply]:
             return answer_batch([{"body": body} for body in bodies], self.run_model, max_pixels, None, self.name)
-
-        @torch.inference_mode()
-        def run_model(self, batch: np.ndarray) -> np.ndarray:
-            return self.net(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
 
         async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
             body = payload.to_rest()[0] if isinstance(payload, InferRequest) else payload

@@ -25,11 +25,13 @@ class Config:
     workers: int
     torch_threads: int
     frontend: dict[str, str] = field(default_factory=dict, hash=False)
+    precision: str = "auto"  # the handler's: bf16 where the CPU has it (handler/inference.py), else fp32
 
     def model_config(self) -> str:
         return (f"minWorkers: {self.workers}\nmaxWorkers: {self.workers}\nbatchSize: {self.batch_size}\n"
                 f"maxBatchDelay: {self.max_batch_delay_ms}\nresponseTimeout: 60\n"
-                f"handler:\n  max_pixels: 40000000\n  torch_threads: {self.torch_threads}\n")
+                f"handler:\n  max_pixels: 40000000\n  torch_threads: {self.torch_threads}\n"
+                f"  precision: {self.precision}\n")
 
 
 LEAN_FRONTEND = {"number_of_netty_threads": "1", "netty_client_threads": "1"}
@@ -42,6 +44,7 @@ CONFIGS = (
     Config("b8-d5-w2t1", 8, 5, 2, 1),
     Config("b16-d10-w2t1", 16, 10, 2, 1),
     Config("b8-d5-w2t1-lean", 8, 5, 2, 1, LEAN_FRONTEND),
+    Config("b8-d5-w2t1-fp32", 8, 5, 2, 1, precision="fp32"),
 )
 """Name: batch size, max batch delay (ms), workers x torch threads each. First batch size with one
 2-thread worker (the usual setting), then 1 thread per worker and two workers, the delay, and a
