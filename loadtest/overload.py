@@ -65,8 +65,8 @@ class ProbeWatch:
 
     COMMAND = [sys.executable, str(REPO_ROOT / "serve" / "healthcheck.py"), "--quiet", "--timeout", "6"]
 
-    def __init__(self, management_url: str):
-        self.command = [*self.COMMAND, "--url", management_url]
+    def __init__(self, management_url: str, models: tuple[str, ...]):
+        self.command = [*self.COMMAND, "--url", management_url, "--model", ",".join(models)]
         self.slowest_s = 0.0
         self.failures = 0
         self.runs = 0
@@ -151,7 +151,7 @@ def measure(variant: Variant, uploads, spike_clients: int, spike_s: float, root:
         rows.pop()
         before = closed("before: 1 client", 1, 10)
         capacity = closed("capacity: 16 clients", 16, 15)
-        probes = ProbeWatch(service.management_url)
+        probes = ProbeWatch(service.management_url, service.models)
         spike = closed(f"spike: {spike_clients} clients, 0.5 s backoff", spike_clients, spike_s, backoff_s=0.5)
         spike.update(probes.stop())
         log(f"  health probe during the spike: {spike['probe_runs']} runs, {spike['probe_failures']} failed, "
