@@ -22,7 +22,7 @@ from pathlib import Path
 
 from facekp import data as facedata
 from facekp.evaluate import encode_face
-from facekp.server import REPO_ROOT, Service, build_archive, free_port, free_ports
+from facekp.server import FACES, REPO_ROOT, Service, build_archive, free_port, free_ports
 from loadtest.images import Upload
 from loadtest.loadgen import run_load
 
@@ -48,6 +48,7 @@ def v2_ok(status: int, body: bytes) -> bool:
 @contextmanager
 def torchserve(root: Path, config: Path | None = None):
     archive = build_archive(export_dir=root / "store")
+    build_archive(export_dir=root / "store", spec=FACES)  # the KServe config's model_snapshot names both
     extra = {"config": config, "extra_config": {"model_store": str(archive.parent)}, "models_from_config": True} \
         if config else {}
     service = Service(run_dir=root / "run", model_store=archive.parent, **free_ports(), **extra)
