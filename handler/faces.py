@@ -13,7 +13,6 @@ Every face of every image in a call goes through the model together, once per st
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,9 +23,7 @@ from PIL import Image
 from facekp.contract import IMAGE_SIZE, KEYPOINT_NAMES, MEAN_LAYOUT, denormalize
 from handler import kserve_protocol
 from handler.face_detector import Detection, FaceDetector
-from handler.processing import MAX_PIXELS, Reply, RequestError, decode_photo, error_json, read_request
-
-logger = logging.getLogger(__name__)
+from handler.processing import MAX_PIXELS, Reply, decode_photo, read_request, reply_for_failure
 
 DETECTOR_LAYOUT = np.array([[31.07, 37.99], [63.30, 37.31], [47.17, 56.34], [34.46, 73.30], [60.72, 72.75]])
 """Mean position, in a training-framed 96x96 crop, of the detector's 5 landmarks (image-left eye,
@@ -141,12 +138,8 @@ def answer_photos(requests: list[dict[str, Any]], detector: FaceDetector, run_mo
             incoming = read_request(request, headers[i] if headers else None)
             photo, scale = decode_photo(incoming.image, max_pixels)
             detections = largest_first(detector.detect(np.asarray(photo)), max_faces)
-        except RequestError as err:
-            replies[i] = Reply(err.status, error_json(err))
-            continue
-        except Exception:
-            logger.exception("unexpected error while reading photo %d of the batch", i)
-            replies[i] = Reply(500, error_json(RequestError(500, "internal error while reading the image")))
+        except Exception as err:
+            replies[i] = reply_for_failure(i, err)
             continue
         grays.append(np.asarray(photo.convert("L")))
         squares.append([first_square(d) for d in detections])

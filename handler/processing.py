@@ -265,6 +265,15 @@ class Reply:
     body: dict[str, Any]
 
 
+def reply_for_failure(index: int, err: Exception) -> Reply:
+    """The Reply for request `index` of a batch whose reading raised `err`: its own 4xx for bad input;
+    for anything else (a bug, not bad input) a logged 500 for that request alone, never the whole batch."""
+    if isinstance(err, RequestError):
+        return Reply(err.status, error_json(err))
+    logger.error("unexpected error while reading request %d of the batch", index, exc_info=err)
+    return Reply(500, error_json(RequestError(500, "internal error while reading the image")))
+
+
 def prepare(request: dict[str, Any], max_pixels: int = MAX_PIXELS,
             headers: Mapping[str, Any] | None = None) -> tuple[np.ndarray, Frame]:
     """One TorchServe request -> model input and frame, or RequestError."""
@@ -291,12 +300,8 @@ def answer_batch(
         try:
             incoming = read_request(request, headers[i] if headers else None)
             tensor, frame = to_model_input(decode_image(incoming.image, max_pixels))
-        except RequestError as err:
-            replies[i] = Reply(err.status, error_json(err))
-            continue
-        except Exception:
-            logger.exception("unexpected error while reading request %d of the batch", i)
-            replies[i] = Reply(500, error_json(RequestError(500, "internal error while reading the image")))
+        except Exception as err:
+            replies[i] = reply_for_failure(i, err)
             continue
         inputs.append(tensor)
         frames.append(frame)
