@@ -51,11 +51,11 @@ class ModelSpec:
 
 
 KEYPOINTS = ModelSpec("keypoints", "keypoint_handler.py",
-                      {"handler": ["__init__.py", "processing.py", "kserve_protocol.py", "inference.py"],
+                      {"handler": ["__init__.py", "processing.py", "kserve_protocol.py", "inference.py", "serving.py"],
                        "facekp": ["__init__.py", "contract.py"]}, MODEL_CONFIG)
 FACES = ModelSpec("faces", "faces_handler.py",
-                  {"handler": ["__init__.py", "processing.py", "kserve_protocol.py", "inference.py", "faces.py",
-                               "face_detector.py"],
+                  {"handler": ["__init__.py", "processing.py", "kserve_protocol.py", "inference.py", "serving.py",
+                               "faces.py", "face_detector.py"],
                    "facekp": ["__init__.py", "contract.py"]}, FACES_CONFIG)
 MODELS = {spec.name: spec for spec in (KEYPOINTS, FACES)}
 """Every model `make serve` serves: the 96x96 crop contract and the photo path (both use keypoints.pt)."""

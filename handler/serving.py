@@ -1,0 +1,46 @@
+"""What the two TorchServe handlers (keypoints, faces) share, so each is only its own answer.
+
+Settings come from the `handler:` section of the archive's model-config.yaml; the model runs in
+the precision the machine does best (handler.inference); TorchServe's KServe envelopes are made
+pass-throughs (handler.kserve_protocol); replies go back with their own status, compact JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from typing import Any
+
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+
+from handler.inference import choose_precision, model_runner
+from handler.kserve_protocol import pass_torchserve_envelopes_through
+from handler.processing import MAX_PIXELS, Reply
+
+
+class ServingHandler(BaseHandler):
+    def initialize(self, context) -> None:
+        super().initialize(context)
+        self.settings: dict[str, Any] = (getattr(context, "model_yaml_config", None) or {}).get("handler", {})
+        self.max_pixels = int(self.settings.get("max_pixels", MAX_PIXELS))
+        self.threads = int(self.settings.get("torch_threads", 0))
+        if self.threads:  # intra-op threads per worker; see docs/performance.md
+            torch.set_num_threads(self.threads)
+        self.model_name = context.manifest["model"]["modelName"]
+        self.precision = choose_precision(str(self.settings.get("precision", "auto")), self.device)
+        self.run_model = model_runner(self.model, self.device, self.precision)
+        pass_torchserve_envelopes_through()
+
+    @staticmethod
+    def request_headers(data: list[dict], context) -> list[dict]:
+        return [context.get_all_request_header(i) for i in range(len(data))]
+
+    @staticmethod
+    def respond(replies: list[Reply], context) -> list[str]:
+        for i, reply in enumerate(replies):
+            context.set_response_content_type(i, "application/json")
+            if reply.status != 200:
+                context.set_response_status(reply.status, HTTPStatus(reply.status).phrase, i)
+        # Serialized here, compact: TorchServe would otherwise pretty-print dicts with indent=2.
+        return [json.dumps(reply.body, separators=(",", ":")) for reply in replies]
