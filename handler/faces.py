@@ -21,7 +21,6 @@ import numpy as np
 from PIL import Image
 
 from facekp.contract import IMAGE_SIZE, KEYPOINT_NAMES, MEAN_LAYOUT, denormalize
-from handler import kserve_protocol
 from handler.face_detector import Detection, FaceDetector
 from handler.processing import MAX_PIXELS, Reply, decode_photo, read_request, reply_for_failure
 
@@ -153,10 +152,8 @@ def answer_photos(requests: list[dict[str, Any]], detector: FaceDetector, run_mo
             slots, found, points, sizes, scales, incomings, strict=True):
         # the detector's boxes are in continuous coordinates (edges), the keypoints in pixel-centre ones
         detections = [Detection(tuple(v * scale for v in d.box), d.score, d.landmarks * scale) for d in detections]
-        answer = faces_json(detections, [rescale(p, scale) for p in per_face], width, height)
-        if incoming.protocol:
-            answer = kserve_protocol.kserve_answer(incoming.protocol, answer, incoming.envelope, model_name)
-        replies[slot] = Reply(200, answer)
+        plain = faces_json(detections, [rescale(p, scale) for p in per_face], width, height)
+        replies[slot] = Reply(200, incoming.answer(plain, model_name))
     return replies  # type: ignore[return-value]
 
 

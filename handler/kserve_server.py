@@ -42,7 +42,7 @@ DEFAULT_PORT = 8085
 
 
 def make_model(name: str, model_file: Path, max_pixels: int = MAX_PIXELS, batch_size: int = 8,
-               max_batch_delay_ms: float = 5.0):
+               max_batch_delay_ms: float = 0.0):
     """The kserve Model: decoding, preprocessing and postprocessing are handler.processing's; requests
     that arrive together go through the network together (handler.batching, TorchServe's batching)."""
     import kserve

@@ -65,12 +65,17 @@ class Frame:
 
 @dataclass(frozen=True)
 class Incoming:
-    """One request's image file, and the KServe protocol it came in (None: a plain upload)."""
+    """One request's image file, and the KServe request it came in (None: a plain upload)."""
 
     image: bytes
-    protocol: str | None = None
     envelope: Mapping[str, Any] | None = None
-    """The JSON request of a KServe protocol, for the answer (its id)."""
+
+    def answer(self, plain: dict[str, Any], model_name: str) -> dict[str, Any]:
+        """The plain answer in the form this request came in: as it is, or KServe v2/v1 (model_name goes into v2)."""
+        if self.envelope is None:
+            return plain
+        return kserve_protocol.kserve_answer(kserve_protocol.protocol_of(self.envelope), plain, self.envelope,
+                                             model_name)
 
 
 def read_request(request: dict[str, Any], headers: Mapping[str, Any] | None = None) -> Incoming:
@@ -93,8 +98,7 @@ def read_request(request: dict[str, Any], headers: Mapping[str, Any] | None = No
             return Incoming(bytes(body))
         if body is None or body == b"" or body == "":
             raise RequestError(400, EMPTY_BODY_MESSAGE)
-        protocol = kserve_protocol.protocol_of(body)
-        if protocol is None:
+        if kserve_protocol.protocol_of(body) is None:
             raise RequestError(
                 415,
                 f"expected image bytes, got {type(body).__name__} (the Content-Type said text or JSON) that is not "
@@ -102,7 +106,7 @@ def read_request(request: dict[str, Any], headers: Mapping[str, Any] | None = No
                 f"or as KServe v2 JSON: {kserve_protocol.V2_EXAMPLE}",
             )
         try:
-            return Incoming(kserve_protocol.image_from_kserve(body), protocol, body)
+            return Incoming(kserve_protocol.image_from_kserve(body), body)
         except kserve_protocol.ProtocolError as err:
             raise RequestError(400, str(err)) from None
     files = [name for name, value in request.items()
@@ -310,8 +314,6 @@ def answer_batch(
     if inputs:
         outputs = run_model(np.stack(inputs))
         for slot, output, frame, incoming in zip(slots, outputs, frames, incomings, strict=True):
-            answer = keypoints_json(to_image_coordinates(output, frame), frame)
-            if incoming.protocol:
-                answer = kserve_protocol.kserve_answer(incoming.protocol, answer, incoming.envelope, model_name)
-            replies[slot] = Reply(200, answer)
+            plain = keypoints_json(to_image_coordinates(output, frame), frame)
+            replies[slot] = Reply(200, incoming.answer(plain, model_name))
     return replies  # type: ignore[return-value]
