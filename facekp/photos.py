@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,17 +150,7 @@ class SceneScore:
                 "false_faces_per_image": self.false_faces / max(1, self.images), "images": self.images}
 
 
-def png_bytes(image: Image.Image) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()

@@ -60,67 +60,75 @@ VARIANTS = {
 }
 
 
-class ProbeWatch:
+class Periodic:
+    """Calls sample() every `period` seconds in a daemon thread until stop()."""
+
+    def __init__(self, period: float):
+        self._period = period
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period):
+            self.sample()
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class ProbeWatch(Periodic):
     """The Kubernetes probe's own command (serve/healthcheck.py) run every 2 s: slowest run and failures."""
 
     COMMAND = [sys.executable, str(REPO_ROOT / "serve" / "healthcheck.py"), "--quiet", "--timeout", "6"]
 
     def __init__(self, management_url: str, models: tuple[str, ...]):
         self.command = [*self.COMMAND, "--url", management_url, "--model", ",".join(models)]
-        self.slowest_s = 0.0
-        self.failures = 0
-        self.runs = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self.slowest_s, self.failures, self.runs = 0.0, 0, 0
+        super().__init__(2.0)
 
-    def _run(self) -> None:
-        while not self._stop.wait(2.0):
-            started = time.perf_counter()
-            code = subprocess.run(self.command, capture_output=True).returncode
-            self.slowest_s = max(self.slowest_s, time.perf_counter() - started)
-            self.failures += code != 0
-            self.runs += 1
+    def sample(self) -> None:
+        started = time.perf_counter()
+        code = subprocess.run(self.command, capture_output=True).returncode
+        self.slowest_s = max(self.slowest_s, time.perf_counter() - started)
+        self.failures += code != 0
+        self.runs += 1
 
-    def stop(self) -> dict:
-        self._stop.set()
-        self._thread.join()
+    def summary(self) -> dict:
         return {"probe_runs": self.runs, "probe_failures": self.failures, "probe_slowest_s": round(self.slowest_s, 2)}
 
 
-class MemoryPeak:
-    """Peak resident memory (MB) of a process tree, sampled every 0.5 s in a thread."""
+class MemoryPeak(Periodic):
+    """Peak resident memory (MB) of a process tree, sampled every 0.5 s."""
 
     def __init__(self, pid: int):
         self.root = psutil.Process(pid)
         self.peak_mb = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        super().__init__(0.5)
 
-    def _run(self) -> None:
-        while not self._stop.wait(0.5):
-            try:
-                tree = [self.root, *self.root.children(recursive=True)]
-                self.peak_mb = max(self.peak_mb, sum(p.memory_info().rss for p in tree) / 2**20)
-            except psutil.Error:
-                pass
+    def sample(self) -> None:
+        try:
+            tree = [self.root, *self.root.children(recursive=True)]
+            self.peak_mb = max(self.peak_mb, sum(p.memory_info().rss for p in tree) / 2**20)
+        except psutil.Error:
+            pass
 
     def reset(self) -> float:
         peak, self.peak_mb = self.peak_mb, 0.0
         return round(peak, 0)
 
-    def stop(self) -> None:
-        self._stop.set()
 
-
-def row(variant: str, phase: str, seconds: float, answered: int, refused: int, errors: int, latencies: np.ndarray,
-        generator_cpu_s: float, restarts: int, memory_mb: float, **extra) -> dict:
+def row(variant: str, phase: str, seconds: float, answered: int, refused: int, other_errors: int,
+        latencies: np.ndarray, generator_cpu_s: float, restarts: int, memory_mb: float, **extra) -> dict:
     def pct(q: float) -> float:
         return round(float(np.percentile(latencies, q)), 1) if len(latencies) else float("nan")
 
     return {"config": variant, "phase": phase, "seconds": seconds, "answered_per_s": round(answered / seconds, 1),
-            "refused": refused, "other_errors": errors - refused,
+            "refused": refused, "other_errors": other_errors,
             "p50_ms": pct(50), "p99_ms": pct(99), "generator_cpu_pct": round(100 * generator_cpu_s / seconds, 1),
             "worker_restarts": restarts, "peak_memory_mb": memory_mb, **extra}
 
@@ -135,7 +143,8 @@ def measure(variant: Variant, uploads, spike_clients: int, spike_s: float, root:
     def closed(phase: str, clients: int, seconds: float, backoff_s: float = 0.0) -> dict:
         result = run_load(url, uploads, clients, duration=seconds, warmup=2.0 if clients < 100 else 0.5,
                           backoff_s=backoff_s)
-        r = row(variant.name, phase, seconds, result.ok, result.refused, result.errors, result.latencies_ms,
+        r = row(variant.name, phase, seconds, result.ok, result.refused, result.errors - result.refused,
+                result.latencies_ms,
                 result.generator_cpu_s, service.worker_stops() - stops0, memory.reset(), clients=clients)
         rows.append(r)
         log(f"  {phase}: {r['answered_per_s']} answered/s, {r['refused']} refused, {r['other_errors']} other errors,"
@@ -147,13 +156,13 @@ def measure(variant: Variant, uploads, spike_clients: int, spike_s: float, root:
 
     try:
         wait_for_quiet(60, [service.pid()])
-        closed("warm-up", 16, 5)
-        rows.pop()
+        run_load(url, uploads, 16, duration=5.0, warmup=2.0)  # JVM JIT and TorchScript profiling, unmeasured
         before = closed("before: 1 client", 1, 10)
         capacity = closed("capacity: 16 clients", 16, 15)
         probes = ProbeWatch(service.management_url, service.models)
         spike = closed(f"spike: {spike_clients} clients, 0.5 s backoff", spike_clients, spike_s, backoff_s=0.5)
-        spike.update(probes.stop())
+        probes.stop()
+        spike.update(probes.summary())
         log(f"  health probe during the spike: {spike['probe_runs']} runs, {spike['probe_failures']} failed, "
             f"slowest {spike['probe_slowest_s']} s (the probes' timeout: 6 s)")
         spike_end = time.perf_counter()
@@ -174,8 +183,7 @@ def measure(variant: Variant, uploads, spike_clients: int, spike_s: float, root:
             time.sleep(5)
             result = run_open_loop(url, uploads, rate, duration=20.0)
             r = row(variant.name, f"open loop {factor}x ({rate:.0f}/s offered)", 20.0, result.answered_in_window,
-                    result.refused,
-                    result.errors + result.refused, result.latencies_ms, result.generator_cpu_s,
+                    result.refused, result.errors, result.latencies_ms, result.generator_cpu_s,
                     service.worker_stops() - stops0, memory.reset(), offered=result.offered, answered_total=result.ok,
                     peak_in_flight=result.peak_in_flight)
             r["vs_capacity"] = round(r["answered_per_s"] / capacity["answered_per_s"], 2)
