@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from facekp import data as facedata
+from facekp.contract import normalize
 from facekp.data import REPO_ROOT
 from train.model import KeypointNet, ServingModel
 
@@ -23,8 +24,10 @@ def test_quick_training_writes_a_standalone_torchscript_model(tmp_path, needs_da
     assert card["validation"]["score"] > 0 and len(card["validation"]["rmse_px_per_keypoint"]) == 15
     assert card["parameters"] < 5_000_000 and card["size_bytes"] < 20_000_000
     assert card["torch"] == torch.__version__ and card["config"]["epochs"] == 3
-    assert card["members"] == 2 and len(card["validation"]["score_per_member"]) == 2
-    assert "[2/2] epoch   3/3" in result.stdout
+    # --quick: one teacher network, then the student distilled from it is what is exported.
+    assert card["members"] == 1 and len(card["validation"]["score_per_member"]) == 1
+    assert "[member 1/1] epoch   3/3" in result.stdout and "[student] epoch   3/3" in result.stdout
+    assert card["network_passes_per_face"] == 1 and card["teacher"]["validation_score"] > 0
 
     # Loadable without the project's code: a fresh interpreter outside the repository.
     probe = ("import torch,sys; m=torch.jit.load(sys.argv[1]); "
@@ -114,9 +117,40 @@ def test_missing_data_is_a_clear_error(tmp_path):
     assert "data set not found" in result.stderr and "Accepted formats" in result.stderr
 
 
-def test_an_empty_ensemble_is_refused_before_any_work(tmp_path):
+def test_no_teacher_at_all_is_refused_before_any_work(tmp_path):
     result = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "run.py"), "--members", "0",
                              "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert "--members and --epochs must be at least 1" in result.stderr
+    assert "--members 0 needs --teacher" in result.stderr
     assert not (tmp_path / "model_card.json").exists()
+
+
+class ShiftedMeanFace(torch.nn.Module):
+    """A teacher that answers the same face for every image: the labels' mean shifted right."""
+
+    def __init__(self, keypoints: torch.Tensor):
+        super().__init__()
+        self.register_buffer("answer", keypoints)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.answer.expand(x.shape[0], -1, -1) + 0 * x.mean()
+
+
+def test_the_student_learns_the_teachers_answers_not_only_the_labels(tmp_path, faces):
+    shift = 0.25  # 12 px to the right, in normalized coordinates
+    mean = torch.from_numpy(normalize(np.nanmean(faces.keypoints, axis=0))).float()
+    teacher = torch.jit.script(ShiftedMeanFace(mean + torch.tensor([shift, 0.0])))
+    teacher.save(str(tmp_path / "teacher.pt"))
+    out = tmp_path / "student"
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "run.py"), "--quick", "--members", "0",
+                             "--teacher", str(tmp_path / "teacher.pt"), "--distill", "1", "--aug-flip", "0",
+                             "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "[member" not in result.stdout and "[student] epoch   3/3" in result.stdout
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["members"] == 0 and card["teacher"]["source"].endswith("teacher.pt")
+    _, val = facedata.split_by_person(faces)
+    with torch.no_grad():
+        pred = torch.jit.load(str(out / "keypoints.pt"))(torch.from_numpy(val.images[:64, None] / 255).float())
+    x_offset = float((pred[..., 0] - torch.from_numpy(normalize(val.keypoints[:64]))[..., 0]).nanmean())
+    assert x_offset > shift / 2, f"the student sits {x_offset:.3f} right of the labels, the teacher {shift}"

@@ -128,7 +128,7 @@ class KeypointNet(nn.Module):
         p = p + F.interpolate(self.lateral4(c4), size=size, mode="bilinear", align_corners=False)
         if self.heatmap_size == 48:
             p = self.lateral1(c1) + F.interpolate(p, size=c1.shape[-1], mode="bilinear", align_corners=False)
-        logits = self.heatmaps(self.fuse(p))  # (N, points, size, size)
+        logits = self.heatmaps(self.fuse(p)).float()  # (N, points, size, size); fp32 under bf16 autocast too
         prob = logits.flatten(2).softmax(-1).view_as(logits)
         xs = (prob.sum(2) * self.grid).sum(-1)
         ys = (prob.sum(3) * self.grid).sum(-1)

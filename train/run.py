@@ -1,8 +1,9 @@
 """Train the facial keypoint CNN and write the TorchScript model and its model card.
 
-    python train/run.py                       # the default recipe: two networks, ~35 min on 2 CPU cores
+    python train/run.py                       # the default recipe: two teachers, one student distilled from them
     python train/run.py --quick --out /tmp/m  # a one-minute smoke run
-    python train/run.py --epochs 30 --head regression --data faces.csv
+    python train/run.py --no-student --members 2   # export the two networks themselves (four passes per face)
+    python train/run.py --teacher model_store/keypoints.pt --members 0   # distil from a model already trained
 
 Every setting lives in Config below; each field is also a command-line flag.
 """
@@ -10,11 +11,13 @@ Every setting lives in Config below; each field is also a command-line flag.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +37,7 @@ from facekp.contract import (  # noqa: E402
     denormalize,
     normalize,
 )
+from handler.inference import choose_precision  # noqa: E402
 from train.augment import AugmentConfig, augment  # noqa: E402
 from train.model import KeypointNet, ServingModel, count_parameters  # noqa: E402
 
@@ -48,8 +52,15 @@ class Config:
     seed: int = 0
     fold: int = -1  # -1: the fixed 15 % validation people; k: validate on fold k of --folds (train/cv.py)
     folds: int = 5
-    members: int = 2  # networks averaged inside the exported model, each trained from its own seed
+    all_people: bool = False  # train on every person (the shipped model); validation people are then seen
+    members: int = 2  # networks of the teacher ensemble (or of the exported model with --no-student)
     epochs: int = 50
+    student: bool = True  # distil the members (or --teacher) into one network, exported alone: one pass per face
+    teacher: str = ""  # a TorchScript keypoint model to distil from, instead of training members first
+    student_epochs: int = 60
+    student_flip_tta: bool = False  # also average the student with its mirrored pass (two passes per face)
+    distill: float = 0.5  # weight of the teacher's keypoints against the labels in the student's loss
+    precision: str = "auto"  # auto: bfloat16 autocast where the CPU has AMX / AVX-512 BF16, else fp32
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -68,7 +79,8 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
-QUICK = {"epochs": 3, "max_train": 1024, "aux68": 0.0, "widths": (8, 16, 32, 64), "blocks": (1, 1, 1, 1)}
+QUICK = {"epochs": 3, "student_epochs": 3, "members": 1, "max_train": 1024, "aux68": 0.0,
+         "widths": (8, 16, 32, 64), "blocks": (1, 1, 1, 1)}
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -78,13 +90,14 @@ def parse_args(argv: list[str] | None = None) -> Config:
         if f.name == "augment":
             continue
         default = f.default
+        flags = dict.fromkeys(["--" + f.name.replace("_", "-"), "--" + f.name])  # --student-epochs or _epochs
         if isinstance(default, tuple):
-            parser.add_argument(f"--{f.name}", type=int, nargs="+", default=None, help=f"default {default}")
+            parser.add_argument(*flags, dest=f.name, type=int, nargs="+", default=None, help=f"default {default}")
         elif isinstance(default, bool):
-            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None,
+            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=f"default {default}")
         else:
-            parser.add_argument(f"--{f.name}", type=type(default), default=None, help=f"default {default!r}")
+            parser.add_argument(*flags, dest=f.name, type=type(default), default=None, help=f"default {default!r}")
     for f in dataclasses.fields(AugmentConfig):
         parser.add_argument(f"--aug-{f.name.replace('_', '-')}", dest=f"aug_{f.name}", type=float, default=None,
                             help=f"augmentation, default {f.default}")
@@ -97,8 +110,14 @@ def parse_args(argv: list[str] | None = None) -> Config:
             setattr(cfg.augment, key[4:], value)
         else:
             setattr(cfg, key, tuple(value) if isinstance(value, list) else value)
-    if cfg.members < 1 or cfg.epochs < 1:
-        parser.error("--members and --epochs must be at least 1")
+    if cfg.epochs < 1 or cfg.student_epochs < 1 or cfg.members < 0:
+        parser.error("--epochs and --student-epochs must be at least 1, --members at least 0")
+    if cfg.members == 0 and not (cfg.student and cfg.teacher):
+        parser.error("--members 0 needs --teacher (and the student)")
+    if cfg.teacher and not cfg.student:
+        parser.error("--teacher is only used by the student")
+    if not 0 <= cfg.distill <= 1:
+        parser.error("--distill is a weight in [0, 1]")
     if cfg.folds < 2 or cfg.fold >= cfg.folds:
         parser.error("--fold must be below --folds, and --folds at least 2")
     return cfg
@@ -144,11 +163,24 @@ def build_net(cfg: Config, use_aux: bool) -> KeypointNet:
                        head_width=cfg.head_width, heatmap_size=cfg.heatmap_size)
 
 
-def train_member(cfg: Config, seed: int, member: int, x_train: torch.Tensor, y_train: torch.Tensor,
-                 x_val: torch.Tensor, val_keypoints: np.ndarray, use_aux: bool) -> tuple[KeypointNet, list[dict]]:
-    """Train member (0-based) from its own seed; returns the EMA weights and the per-epoch history."""
-    tag = f"[{member + 1}/{cfg.members}]"
-    print(f"{tag} training member {member + 1} of {cfg.members} (seed {seed})", flush=True)
+Teacher = Callable[[torch.Tensor], torch.Tensor]
+
+
+def autocast(precision: str) -> contextlib.AbstractContextManager:
+    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+
+def train_network(cfg: Config, seed: int, tag: str, epochs: int, x_train: torch.Tensor, y_train: torch.Tensor,
+                  x_val: torch.Tensor, val_keypoints: np.ndarray, use_aux: bool, precision: str,
+                  teacher: Teacher | None = None, flip_tta: bool = True,
+                  epochs_after: int = 0) -> tuple[KeypointNet, list[dict]]:
+    """Train one network from its own seed; returns the EMA weights and the per-epoch history.
+
+    With a teacher, the 15 keypoints learn from (1 - distill) x labels + distill x the teacher's
+    keypoints for the same augmented view; the 68 auxiliary points from the labels alone.
+    """
+    print(f"{tag} training {'a student of the teacher' if teacher else 'a network'}, seed {seed}, "
+          f"{epochs} epochs, {precision}", flush=True)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     net = build_net(cfg, use_aux)
@@ -160,11 +192,11 @@ def train_member(cfg: Config, seed: int, member: int, x_train: torch.Tensor, y_t
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
+    total_steps = epochs * steps_per_epoch
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
 
     history, step, start = [], 0, time.time()
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(1, epochs + 1):
         net.train()
         order = torch.randperm(len(x_train), generator=gen)
         losses = []
@@ -173,8 +205,13 @@ def train_member(cfg: Config, seed: int, member: int, x_train: torch.Tensor, y_t
             images, target = augment(x_train[idx], y_train[idx], cfg.augment, gen, net.mirror)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total_steps, warmup, cfg.lr)
-            pred = net(images)
+            with autocast(precision):
+                pred = net(images).float()
             loss = keypoint_loss(pred[:, :NUM_KEYPOINTS], target[:, :NUM_KEYPOINTS], cfg.loss)
+            if teacher is not None:
+                with torch.no_grad(), autocast(precision):
+                    taught = teacher(images).float()
+                loss = (1 - cfg.distill) * loss + cfg.distill * keypoint_loss(pred[:, :NUM_KEYPOINTS], taught, cfg.loss)
             if use_aux:
                 loss = loss + cfg.aux68 * keypoint_loss(pred[:, NUM_KEYPOINTS:], target[:, NUM_KEYPOINTS:], cfg.loss)
             opt.zero_grad(set_to_none=True)
@@ -183,15 +220,15 @@ def train_member(cfg: Config, seed: int, member: int, x_train: torch.Tensor, y_t
             ema.update_parameters(net)
             losses.append(loss.item())
             step += 1
-        pred = denormalize(predict(ServingModel(ema.module, cfg.flip_tta), x_val))
+        pred = denormalize(predict(ServingModel(ema.module, flip_tta), x_val))
         val_score = metrics.score(pred, val_keypoints)
         label_offset = label_x_offset_px(ema.module)
         elapsed = time.time() - start
         history.append({"member": tag, "seed": seed, "epoch": epoch, "train_loss": float(np.mean(losses)),
                         "val_score": val_score, "val_rmse_px": metrics.rmse_px(pred, val_keypoints),
                         "label_x_offset_px": label_offset, "minutes": elapsed / 60})
-        left = elapsed / epoch * (cfg.epochs - epoch + (cfg.members - member - 1) * cfg.epochs)  # whole run
-        print(f"{tag} epoch {epoch:3d}/{cfg.epochs}  loss {history[-1]['train_loss']:.4f}  "
+        left = elapsed / epoch * (epochs - epoch) + elapsed / epoch * epochs_after  # the whole run, roughly
+        print(f"{tag} epoch {epoch:3d}/{epochs}  loss {history[-1]['train_loss']:.4f}  "
               f"val score {val_score:7.1f}  rmse {history[-1]['val_rmse_px']:.3f}px  "
               f"label x offset {label_offset:+.2f}px  {elapsed / 60:5.1f} min  ~{left / 60:.1f} min left",
               flush=True)
@@ -199,6 +236,9 @@ def train_member(cfg: Config, seed: int, member: int, x_train: torch.Tensor, y_t
 
 
 def split_rule(cfg: Config) -> str:
+    if cfg.all_people:
+        return ("every person trains (--all-people); the 'validation' people below are the fixed split's, "
+                "seen in training: their score is not an estimate")
     if cfg.fold < 0:
         return f"by person, crc32(name) % 100 < {facedata.VALIDATION_PERCENT} -> validation"
     return f"by person, crc32(name) % {cfg.folds} == {cfg.fold} -> validation (fold {cfg.fold} of {cfg.folds})"
@@ -208,8 +248,11 @@ def train(cfg: Config) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     start = time.time()
+    precision = choose_precision(cfg.precision, torch.device("cpu"))
     faces = facedata.load(cfg.data or None)
     train_faces, val_faces = facedata.split_by_person(faces, cfg.fold, cfg.folds)
+    if cfg.all_people:
+        train_faces = faces
     complete = facedata.complete_rows(train_faces)
     if not complete.all():
         print(f"{(~complete).sum()} training rows have missing keypoints; the loss masks them")
@@ -225,60 +268,95 @@ def train(cfg: Config) -> dict:
         use_aux = False
     x_train, y_train = to_tensors(train_faces, use_aux)
     x_val, _ = to_tensors(val_faces)
+    seen = " (seen in training)" if cfg.all_people else " other people"
     print(f"data: {faces.source}: {len(train_faces)} training faces of {len(set(train_faces.people))} people, "
-          f"{len(val_faces)} validation faces of {len(set(val_faces.people))} other people")
+          f"{len(val_faces)} validation faces of {len(set(val_faces.people))}{seen}")
 
     # Members differ only by seed (initialization, batch order, augmentation); seeds of runs
-    # with different --seed never overlap.
-    seeds = [cfg.seed * cfg.members + k for k in range(cfg.members)]
-    print(f"model: {cfg.members} x {cfg.head} head, widths {cfg.widths}, blocks {cfg.blocks}, "
-          f"{cfg.members} x {count_parameters(build_net(cfg, use_aux)):,} parameters")
-    nets, history = [], []
-    for k, seed in enumerate(seeds):
-        net, member_history = train_member(cfg, seed, k, x_train, y_train, x_val, val_faces.keypoints, use_aux)
-        nets.append(net)
-        history += member_history
+    # with different --seed never overlap. The student's seed follows the members'.
+    seeds = [cfg.seed * (cfg.members + 1) + k for k in range(cfg.members + 1)]
+    plan = [("member", cfg.epochs)] * cfg.members + ([("student", cfg.student_epochs)] if cfg.student else [])
+    print(f"model: {cfg.head} head, widths {cfg.widths}, blocks {cfg.blocks}, "
+          f"{count_parameters(build_net(cfg, use_aux)):,} parameters per network; {precision}; plan: "
+          + " + ".join(f"{kind} ({epochs} epochs)" for kind, epochs in plan), flush=True)
 
-    exported = ServingModel(nets, cfg.flip_tta).eval()
+    def epochs_after(k: int) -> int:
+        return sum(epochs for _, epochs in plan[k + 1:])
+
+    nets, history = [], []
+    for k in range(cfg.members):
+        net, net_history = train_network(cfg, seeds[k], f"[member {k + 1}/{cfg.members}]", cfg.epochs, x_train,
+                                         y_train, x_val, val_faces.keypoints, use_aux, precision,
+                                         flip_tta=cfg.flip_tta, epochs_after=epochs_after(k))
+        nets.append(net)
+        history += net_history
+    ensemble = ServingModel(nets, cfg.flip_tta).eval() if nets else None
+    teacher_card: dict = {}
+    if cfg.student:
+        teacher = torch.jit.load(cfg.teacher, map_location="cpu").eval() if cfg.teacher else ensemble
+        teacher_pred = denormalize(predict(teacher, x_val))
+        teacher_card = {"source": cfg.teacher or f"the {len(nets)} members of this run, flip TTA {cfg.flip_tta}",
+                        "validation_score": metrics.score(teacher_pred, val_faces.keypoints),
+                        "validation_rmse_px": metrics.rmse_px(teacher_pred, val_faces.keypoints)}
+        print(f"teacher: {teacher_card['source']}: validation score {teacher_card['validation_score']:.1f}",
+              flush=True)
+        student, student_history = train_network(cfg, seeds[-1], "[student]", cfg.student_epochs, x_train,
+                                                 y_train, x_val, val_faces.keypoints, use_aux, precision,
+                                                 teacher=teacher, flip_tta=cfg.student_flip_tta)
+        history += student_history
+        exported = ServingModel(student, flip=cfg.student_flip_tta).eval()
+    else:
+        exported = ensemble
+
     pred = denormalize(predict(exported, x_val))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     scripted = torch.jit.trace(exported, torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE))
     scripted.save(str(out / MODEL_FILE))
+    exported_nets = list(exported.nets)
     card = {
         "model_file": MODEL_FILE,
         "input": "(N, 1, 96, 96) float32 grayscale in [0, 1]",
         "output": "(N, 15, 2) normalized (x, y) = (pixel - 48) / 48, keypoints in 'keypoints' order",
         "keypoints": list(KEYPOINT_NAMES),
+        "network_passes_per_face": len(exported_nets) * (2 if exported.flip else 1),
         "validation": {
             "score": metrics.score(pred, val_faces.keypoints),
             "rmse_px": metrics.rmse_px(pred, val_faces.keypoints),
             "rmse_px_per_keypoint": metrics.rmse_px_by_name(pred, val_faces.keypoints),
-            "score_per_member": [h["val_score"] for h in history if h["epoch"] == cfg.epochs],
-            "label_x_offset_px": [label_x_offset_px(net) for net in nets],
-            "score_without_flip_tta": metrics.score(denormalize(predict(ServingModel(nets, False), x_val)),
-                                                    val_faces.keypoints),
+            "score_per_member": [h["val_score"] for h in history
+                                 if h["member"].startswith("[member") and h["epoch"] == cfg.epochs],
+            "label_x_offset_px": [label_x_offset_px(net) for net in exported_nets],
             "faces": len(val_faces),
             "people": len(set(val_faces.people)),
+            "seen_in_training": cfg.all_people,
         },
+        "teacher": teacher_card,
         "members": len(nets),
-        "member_seeds": seeds,
+        "member_seeds": seeds[:cfg.members],
+        "student_seed": seeds[-1] if cfg.student else None,
         "parameters": count_parameters(exported),
         "size_bytes": (out / MODEL_FILE).stat().st_size,
         "training_minutes": round((time.time() - start) / 60, 2),
+        "precision": precision,
         "data": {"path": faces.source, "faces": len(faces), "train_faces": len(train_faces),
-                 "split": split_rule(cfg)},
+                 "train_people": len(set(train_faces.people)), "split": split_rule(cfg)},
         "config": dataclasses.asdict(cfg),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "command": "python train/run.py " + " ".join(sys.argv[1:]),
         "history": history,
     }
+    if exported.flip:
+        card["validation"]["score_without_flip_tta"] = metrics.score(
+            denormalize(predict(ServingModel(exported_nets, False), x_val)), val_faces.keypoints)
     (out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
     members = ", ".join(f"{s:.1f}" for s in card["validation"]["score_per_member"])
-    print(f"saved {out / MODEL_FILE} ({card['size_bytes'] / 1e6:.1f} MB) and {out / CARD_FILE}: "
-          f"validation score {card['validation']['score']:.1f} (members alone: {members}), "
-          f"rmse {card['validation']['rmse_px']:.3f} px, {card['training_minutes']:.1f} min")
+    teacher_note = f", teacher {teacher_card['validation_score']:.1f}" if teacher_card else ""
+    print(f"saved {out / MODEL_FILE} ({card['size_bytes'] / 1e6:.1f} MB, {card['network_passes_per_face']} "
+          f"network pass(es) per face) and {out / CARD_FILE}: validation score {card['validation']['score']:.1f} "
+          f"(members alone: {members or '-'}{teacher_note}), rmse {card['validation']['rmse_px']:.3f} px, "
+          f"{card['training_minutes']:.1f} min", flush=True)
     return card
 
 
