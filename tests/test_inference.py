@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from facekp.server import MODEL_FILE, REPO_ROOT
-from handler.inference import choose_precision, cpu_flags, model_runner
+from handler.inference import choose_precision, cpu_flags, for_inference, model_runner
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda")
 
@@ -41,3 +41,15 @@ def test_bf16_answers_what_fp32_answers_on_real_faces():
     bf16 = model_runner(model, CPU, "bf16")(batch)
     assert fp32.shape == bf16.shape == (9, 15, 2)
     assert np.abs(fp32 - bf16).max() * 48 < 0.25
+
+
+def test_frozen_model_answers_what_the_file_answers():
+    """Folding BatchNorm and oneDNN's packed convolutions change how, not what, the model computes."""
+    model = torch.jit.load(str(MODEL_FILE)).eval()
+    x = torch.rand(5, 1, 96, 96)
+    with torch.inference_mode():
+        plain = model(x)
+        for precision in ("fp32", "bf16"):
+            prepared = for_inference(torch.jit.load(str(MODEL_FILE)), CPU, precision)
+            assert isinstance(prepared, torch.jit.ScriptModule)
+            assert torch.allclose(prepared(x), plain, atol=1e-4), precision  # outside autocast: float32 both
