@@ -98,9 +98,12 @@ loadtest: $(VENV)/.runtime
 	$(PY) -m loadtest.run --host $(LOADTEST_URL) --users $(USERS) --spawn-rate $(SPAWN_RATE) \
 		--duration $(DURATION) --p95-ms $(P95_MS) --model $(LOADTEST_MODEL)
 
-## bench: in-process ceiling vs served throughput/latency for a grid of configurations (own TorchServes on free
-## ports, ~8 min); writes docs/performance/bench.csv, bench.png and the numbers in docs/performance.md
+## bench: the shipped model against the four-pass one of commit 9a2cdaa side by side (GFLOP, in-process and
+## served faces/s, p50/p99, score), then in-process ceiling vs served throughput/latency for a grid of
+## configurations (own TorchServes on free ports, ~12 min); writes docs/performance/models.csv, bench.csv,
+## bench.png and the numbers in docs/performance.md
 bench: $(VENV)/.dev
+	$(PY) -m loadtest.models_compare
 	$(PY) -m loadtest.benchmark
 
 ## overload: more clients than the service can take (256 backing-off clients, open loop at 1x/2x/4x capacity),

@@ -31,8 +31,9 @@ import torch
 
 from facekp.data import REPO_ROOT
 from facekp.server import MODEL_FILE
+from handler.inference import choose_precision
 from loadtest import photo_bench, report
-from loadtest.ceiling import ceiling, ceiling_loop, ceiling_processes, split
+from loadtest.ceiling import ceiling, ceiling_loop, ceiling_processes, handler_model, split
 from loadtest.cpu import log, wait_for_quiet
 from loadtest.images import build_mix, describe
 from loadtest.loadgen import run_load
@@ -68,9 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 1
     torch.set_num_threads(cores)  # the ceiling gets both cores through torch's intra-op threads
     uploads = build_mix(args.faces)
-    model = torch.jit.load(str(MODEL_FILE), map_location="cpu").eval()
+    model = handler_model(MODEL_FILE)  # frozen, bf16 where the CPU has it: what the handler runs
     digest = hashlib.sha256(MODEL_FILE.read_bytes()).hexdigest()[:12]
-    log(f"upload mix: {describe(uploads)}; model {MODEL_FILE.name} sha256 {digest}; torch threads {cores}")
+    precision = choose_precision("auto", torch.device("cpu"))
+    log(f"upload mix: {describe(uploads)}; model {MODEL_FILE.name} sha256 {digest}, {precision}; torch threads {cores}")
     ceiling_loop(model, uploads, 8, 0.0)  # warm: TorchScript profiles its first runs
     rows: list[dict] = []
 
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - started
     meta = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": report.machine(), "cores": cores,
             "threads": cores, "ceiling": best_ceiling, "mix": describe(uploads),
-            "model": f"{MODEL_FILE.relative_to(REPO_ROOT)}, sha256 {digest}",
+            "model": f"{MODEL_FILE.relative_to(REPO_ROOT)}, sha256 {digest}, {precision} and frozen (as served)",
             "window": f"{args.warmup:g} s warm-up + {args.duration:g} s measured per point",
             "wall": f"`make bench` took {wall / 60:.1f} min"}
     report.update_doc(report.render(rows, meta), args.doc)

@@ -10,21 +10,33 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from handler.inference import choose_precision, model_runner
 from handler.processing import decode_image, keypoints_json, to_image_coordinates, to_model_input
 from loadtest.cpu import busy_cpu_s
 from loadtest.images import Upload
+
+Model = Callable[[torch.Tensor], np.ndarray]
+
+
+def handler_model(model_file: Path, precision: str = "auto") -> Model:
+    """The model as the handlers run it: frozen, in the precision they pick on this machine (handler.inference)."""
+    cpu = torch.device("cpu")
+    run = model_runner(torch.jit.load(str(model_file), map_location="cpu").eval(), cpu,
+                       choose_precision(precision, cpu))
+    return lambda x: run(x.numpy())
 
 
 def decode_all(uploads: list[Upload]) -> list[np.ndarray]:
     return [to_model_input(decode_image(u.body))[0] for u in uploads]
 
 
-def ceiling_loop(model: torch.jit.ScriptModule, uploads: list[Upload], batch: int, seconds: float,
+def ceiling_loop(model: Model, uploads: list[Upload], batch: int, seconds: float,
                  first: int = 0) -> tuple[int, float, float]:
     """(images, wall seconds, CPU seconds of this process) for batches of `batch` taken in order from the mix."""
     n, i = 0, first
@@ -46,7 +58,7 @@ def _row(layout: str, batch: int, threads: int, n: int, seconds: float, cpu: flo
             "other_cpu_pct": round(100 * other / seconds, 1), "stage": stage}
 
 
-def ceiling(model: torch.jit.ScriptModule, uploads: list[Upload], batch: int, seconds: float, stage: str) -> dict:
+def ceiling(model: Model, uploads: list[Upload], batch: int, seconds: float, stage: str) -> dict:
     """One process, torch's current thread count (the benchmark sets all cores)."""
     busy0 = busy_cpu_s()
     n, wall, cpu = ceiling_loop(model, uploads, batch, seconds)
@@ -57,7 +69,7 @@ def ceiling(model: torch.jit.ScriptModule, uploads: list[Upload], batch: int, se
 def _child(model_file: str, uploads: list[Upload], batch: int, seconds: float, first: int, ready, go,
            results) -> None:
     torch.set_num_threads(1)
-    model = torch.jit.load(model_file, map_location="cpu").eval()
+    model = handler_model(Path(model_file))
     ceiling_loop(model, uploads, batch, 0.0, first)  # warm
     ready.put(True)
     go.wait()
@@ -95,7 +107,7 @@ def ceiling_processes(model_file: Path, uploads: list[Upload], batch: int, secon
     return row
 
 
-def split(model: torch.jit.ScriptModule, uploads: list[Upload]) -> list[dict]:
+def split(model: Model, uploads: list[Upload]) -> list[dict]:
     """Wall ms per image of each step of the handler, in process: where one request's work goes."""
     rows = []
     threads = torch.get_num_threads()

@@ -143,13 +143,13 @@ def render(rows: list[dict], meta: dict) -> str:
     return "\n".join(out)
 
 
-def update_doc(block: str, doc: Path) -> None:
-    """Replace the generated block of the doc, keeping the hand-written text around it."""
-    text = doc.read_text() if doc.exists() else f"# Performance\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in text or END not in text:
-        text = text.rstrip() + f"\n\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
+def update_doc(block: str, doc: Path, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the generated block (begin ... end, which block includes), keeping the hand-written text around it."""
+    text = doc.read_text() if doc.exists() else f"# Performance\n\n{begin}\n{end}\n"
+    if begin not in text or end not in text:
+        text = text.rstrip() + f"\n\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
     doc.write_text(head + block + tail)
 
 

@@ -86,12 +86,12 @@ class LogWindow:
                                             1e-3)}
 
 
-def start_service(config: Config, root: Path) -> Service:
+def start_service(config: Config, root: Path, model_file: Path = MODEL_FILE, name: str = "") -> Service:
     """Archive with this configuration's model-config.yaml, start TorchServe on free ports, wait for READY."""
-    folder = root / config.name
+    folder = root / (name or config.name)
     folder.mkdir()
     (folder / "model-config.yaml").write_text(config.model_config())
-    archive = build_archive(MODEL_FILE, folder / "store", folder / "model-config.yaml")
+    archive = build_archive(model_file, folder / "store", folder / "model-config.yaml")
     service = Service(run_dir=folder / "run", model_store=folder / "store", config=SHIPPED_CONFIG,
                       extra_config=dict(config.frontend), **free_ports())
     service.start(archive)

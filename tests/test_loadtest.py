@@ -79,3 +79,14 @@ def test_benchmark_load_generator(service):
     assert good.percentile(50) > 0
     bad = run_load(f"{service.inference_url}/predictions/no_such_model", uploads, 1, duration=0.5, warmup=0.0)
     assert bad.ok == 0 and bad.errors > 0 and "HTTP 404" in bad.error_samples[0]
+
+
+def test_model_comparison_counts_passes_and_flops():
+    from loadtest.models_compare import gflop_per_face, passes_per_face
+    from train.model import KeypointNet, ServingModel
+
+    assert passes_per_face({"members": 2, "config": {"flip_tta": True}}) == 4  # cards from before the student
+    assert passes_per_face({"network_passes_per_face": 1, "members": 2}) == 1
+    net = KeypointNet((4, 8, 8, 8), (1, 1, 1, 1)).eval()
+    one, two = gflop_per_face(ServingModel(net, flip=False)), gflop_per_face(ServingModel(net, flip=True))
+    assert one > 0 and two == pytest.approx(2 * one, rel=0.01)
