@@ -58,6 +58,7 @@ class Config:
     student: bool = True  # distil the members (or --teacher) into one network, exported alone: one pass per face
     teacher: str = ""  # a TorchScript keypoint model to distil from, instead of training members first
     student_epochs: int = 60
+    student_widths: tuple[int, ...] = (24, 48, 128, 256)  # wider than a member: one pass holds the ensemble
     student_flip_tta: bool = False  # also average the student with its mirrored pass (two passes per face)
     distill: float = 0.5  # weight of the teacher's keypoints against the labels in the student's loss
     precision: str = "auto"  # auto: bfloat16 autocast where the CPU has AMX / AVX-512 BF16, else fp32
@@ -80,7 +81,7 @@ class Config:
 
 
 QUICK = {"epochs": 3, "student_epochs": 3, "members": 1, "max_train": 1024, "aux68": 0.0,
-         "widths": (8, 16, 32, 64), "blocks": (1, 1, 1, 1)}
+         "widths": (8, 16, 32, 64), "student_widths": (8, 16, 32, 64), "blocks": (1, 1, 1, 1)}
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -158,9 +159,9 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_net(cfg: Config, use_aux: bool) -> KeypointNet:
-    return KeypointNet(cfg.widths, cfg.blocks, cfg.head, extra_points=68 if use_aux else 0,
-                       head_width=cfg.head_width, heatmap_size=cfg.heatmap_size)
+def build_net(cfg: Config, use_aux: bool, student: bool = False) -> KeypointNet:
+    return KeypointNet(cfg.student_widths if student else cfg.widths, cfg.blocks, cfg.head,
+                       extra_points=68 if use_aux else 0, head_width=cfg.head_width, heatmap_size=cfg.heatmap_size)
 
 
 Teacher = Callable[[torch.Tensor], torch.Tensor]
@@ -183,7 +184,7 @@ def train_network(cfg: Config, seed: int, tag: str, epochs: int, x_train: torch.
           f"{epochs} epochs, {precision}", flush=True)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    net = build_net(cfg, use_aux)
+    net = build_net(cfg, use_aux, student=teacher is not None)
     # EMA of the weights, its decay warming up so that early epochs are not averaged in for long.
     ema = AveragedModel(net, use_buffers=True,
                         avg_fn=lambda avg, new, n: avg + (new - avg) * (1 - min(cfg.ema_decay, (1 + n) / (10 + n))))
@@ -276,8 +277,9 @@ def train(cfg: Config) -> dict:
     # with different --seed never overlap. The student's seed follows the members'.
     seeds = [cfg.seed * (cfg.members + 1) + k for k in range(cfg.members + 1)]
     plan = [("member", cfg.epochs)] * cfg.members + ([("student", cfg.student_epochs)] if cfg.student else [])
-    print(f"model: {cfg.head} head, widths {cfg.widths}, blocks {cfg.blocks}, "
-          f"{count_parameters(build_net(cfg, use_aux)):,} parameters per network; {precision}; plan: "
+    print(f"model: {cfg.head} head, blocks {cfg.blocks}; members: widths {cfg.widths}, "
+          f"{count_parameters(build_net(cfg, use_aux)):,} parameters; student: widths {cfg.student_widths}, "
+          f"{count_parameters(build_net(cfg, use_aux, student=True)):,}; {precision}; plan: "
           + " + ".join(f"{kind} ({epochs} epochs)" for kind, epochs in plan), flush=True)
 
     def epochs_after(k: int) -> int:
