@@ -57,9 +57,11 @@ def for_inference(model: torch.nn.Module, device: torch.device, precision: str) 
     return frozen
 
 
-def model_runner(model: torch.nn.Module, device: torch.device, precision: str) -> Callable[[np.ndarray], np.ndarray]:
+def model_runner(model: torch.nn.Module, device: torch.device, precision: str,
+                 freeze: bool = True) -> Callable[[np.ndarray], np.ndarray]:
     """batch (N, 1, 96, 96) float32 -> (N, 15, 2) float32, on device, in precision (model frozen first)."""
-    model = for_inference(model, device, precision)
+    if freeze:
+        model = for_inference(model, device, precision)
 
     @torch.inference_mode()
     def run(batch: np.ndarray) -> np.ndarray:

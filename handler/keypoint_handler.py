@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 class KeypointHandler(ServingHandler):
     def initialize(self, context) -> None:
         super().initialize(context)
-        logger.info("keypoints: %s on %s, %d torch thread(s)", self.precision, self.device, torch.get_num_threads())
+        logger.info("keypoints: %s%s on %s, %d torch thread(s)", self.precision, ", frozen" if self.freeze else "",
+                    self.device, torch.get_num_threads())
 
     def handle(self, data: list[dict], context) -> list[str]:
         replies = answer_batch(data, self.run_model, self.max_pixels, self.request_headers(data, context),

@@ -29,7 +29,8 @@ class ServingHandler(BaseHandler):
             torch.set_num_threads(self.threads)
         self.model_name = context.manifest["model"]["modelName"]
         self.precision = choose_precision(str(self.settings.get("precision", "auto")), self.device)
-        self.run_model = model_runner(self.model, self.device, self.precision)
+        self.freeze = bool(self.settings.get("freeze", True))  # false: the file's graph as is (benchmarks)
+        self.run_model = model_runner(self.model, self.device, self.precision, self.freeze)
         pass_torchserve_envelopes_through()
 
     @staticmethod

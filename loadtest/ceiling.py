@@ -139,7 +139,7 @@ def split(model: Model, uploads: list[Upload]) -> list[dict]:
                 timed(f"model bs{batch} (1 thread)", lambda x=x: model(x), max(3, 32 // batch), batch, 1)
         finally:
             torch.set_num_threads(threads)
-        out = model(torch.from_numpy(np.stack([t for t, _ in inputs]))).numpy()
+        out = np.asarray(model(torch.from_numpy(np.stack([t for t, _ in inputs]))))
 
     def postprocess() -> list[str]:  # as the handler answers: compact JSON
         return [json.dumps(keypoints_json(to_image_coordinates(o, f), f), separators=(",", ":"))

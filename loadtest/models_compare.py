@@ -41,7 +41,8 @@ from loadtest.loadgen import run_load
 from loadtest.served import CONFIGS, served_point, start_service
 
 BASELINE = "9a2cdaa"  # the four-pass model of issue 13 ("today's model")
-SHIPPED_SERVING = "b8-d5-w2t1"  # serve/model-config.yaml's batching
+BASELINE_SERVING = "b8-d5-w2t1"  # serve/model-config.yaml's batching at that commit
+SHIPPED_SERVING = "b8-d1-w2t1"  # serve/model-config.yaml's batching now
 OUT_CSV = REPO_ROOT / "docs" / "performance" / "models.csv"
 DOC = REPO_ROOT / "docs" / "performance.md"
 BEGIN, END = "<!-- models:begin (written by `make bench`) -->", "<!-- models:end -->"
@@ -53,6 +54,8 @@ class Variant:
     model_file: Path
     precision: str  # auto / fp32 / bf16, as the handler's setting
     card: dict  # the model card beside the file
+    freeze: bool = True  # False: as handlers ran models before they froze them (commit 9a2cdaa and earlier)
+    serving: str = SHIPPED_SERVING  # the batching configuration (loadtest.served.CONFIGS) it is served with
 
 
 def passes_per_face(card: dict) -> int | str:
@@ -126,23 +129,29 @@ def matmul_peak_gflops(dtype: torch.dtype, seconds: float = 2.0, size: int = 204
 
 
 def render(rows: list[dict], meta: dict) -> str:
-    columns = [("variant", "model"), ("passes", "passes/face"), ("precision", "precision"),
+    columns = [("variant", "model"), ("serving", "batching"), ("passes", "passes/face"), ("precision", "precision"),
                ("gflop", "GFLOP/face"), ("inproc_bs1", "in-process faces/s bs1"),
                ("inproc_bs32", "bs32"), ("gflops_bs32", "GFLOP/s at bs32"), ("score", "validation score")]
     for c in meta["concurrency"]:
         columns += [(f"c{c}_faces_s", f"{c} clients faces/s"), (f"c{c}_p50", "p50 ms"), (f"c{c}_p99", "p99 ms")]
     lines = [BEGIN, "", f"Run of {meta['date']} on {meta['machine']}; `{meta['command']}`; upload mix {meta['mix']}; "
-             f"served with `{SHIPPED_SERVING}` (the shipped batching); {meta['wall']}. "
+             f"batching `{BASELINE_SERVING}` = 8 per batch, 5 ms delay, 2 workers x 1 thread (commit {BASELINE}'s), "
+             f"`{SHIPPED_SERVING}` = the same with 1 ms (today's); {meta['wall']}. "
              "Full data: [models.csv](performance/models.csv).", ""]
     lines += report._table(rows, columns)
-    first, last = rows[0], rows[-1]
+    then, last = rows[0], rows[-1]
+    same_way = next((r for r in rows if r is not last and r["variant"] != last["variant"]
+                     and r["precision"] == last["precision"]), None)  # the baseline in the shipped's precision
     lines += ["", f"Measured matmul peak of this CPU ({meta['threads']} torch threads, 2048² matmul): "
-              f"{meta['peak_fp32']:.0f} GFLOP/s float32, {meta['peak_bf16']:.0f} GFLOP/s bfloat16."]
+              f"{meta['peak_fp32']:.0f} GFLOP/s float32, {meta['peak_bf16']:.0f} GFLOP/s bfloat16.", ""]
     for c in meta["concurrency"]:
-        if first.get(f"c{c}_faces_s"):
-            ratio = last[f"c{c}_faces_s"] / first[f"c{c}_faces_s"]
-            lines.append(f"At {c} clients `{last['variant']}` answers {ratio:.2f}x the faces/s of "
-                         f"`{first['variant']}`.")
+        if then.get(f"c{c}_faces_s"):
+            text = (f"At {c} clients `{last['variant']}` ({last['precision']}) answers "
+                    f"{last[f'c{c}_faces_s'] / then[f'c{c}_faces_s']:.2f}x the faces/s of `{then['variant']}`")
+            if same_way:
+                text += (f", {last[f'c{c}_faces_s'] / same_way[f'c{c}_faces_s']:.2f}x those of `{same_way['variant']}` "
+                         f"({same_way['precision']})")
+            lines.append(text + f"; p50 {last[f'c{c}_p50'] / then[f'c{c}_p50']:.2f}x.")
     lines += ["", END]
     return "\n".join(lines)
 
@@ -164,7 +173,6 @@ def main(argv: list[str] | None = None) -> int:
     cores = torch.get_num_threads()
     uploads = build_mix()
     inputs = np.stack([to_model_input(decode_image(u.body))[0] for u in uploads]).astype(np.float32)
-    serving = next(c for c in CONFIGS if c.name == SHIPPED_SERVING)
     rows = []
     with tempfile.TemporaryDirectory(prefix="facekp-models-") as tmp:
         if args.baseline_file:
@@ -172,14 +180,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             (old, old_card), label = baseline_model(args.baseline, Path(tmp)), args.baseline
         shipped_card = card_beside(MODEL_FILE)
-        variants = [Variant(f"{label} as served then", old, "fp32", old_card),
+        variants = [Variant(f"{label} as served then", old, "fp32", old_card, freeze=False, serving=BASELINE_SERVING),
+                    Variant(f"{label}, today's handler", old, "fp32", old_card),
                     Variant(f"{label}, today's handler", old, "auto", old_card),
+                    Variant("shipped", MODEL_FILE, "fp32", shipped_card),
                     Variant("shipped", MODEL_FILE, "auto", shipped_card)]
         for k, v in enumerate(variants, 1):
             model = torch.jit.load(str(v.model_file), map_location="cpu").eval()
             precision = choose_precision(v.precision, torch.device("cpu"))
-            run = model_runner(model, torch.device("cpu"), precision)
-            row = {"variant": v.name, "precision": precision, "gflop": round(gflop_per_face(model), 3)}
+            run = model_runner(model, torch.device("cpu"), precision, v.freeze)
+            row = {"variant": v.name, "serving": v.serving, "gflop": round(gflop_per_face(model), 3),
+                   "precision": precision + ("" if v.freeze else ", not frozen")}
             row["passes"] = passes_per_face(v.card)
             wait_for_quiet(args.quiet_wait)
             row["inproc_bs1"] = round(faces_per_s(run, inputs, 1, args.seconds), 1)
@@ -187,9 +198,13 @@ def main(argv: list[str] | None = None) -> int:
             row["gflops_bs32"] = round(row["gflop"] * row["inproc_bs32"], 1)
             score = validation_score(run)
             row["score"] = round(score, 1) if score is not None else "no data"
+            if score is not None and v.card.get("validation", {}).get("seen_in_training"):
+                row["score"] = f"{score:.1f} (trained on these people)"
             log(f"[{k}/{len(variants)}] {v.name} ({precision}): {row['gflop']} GFLOP/face, in-process "
                 f"{row['inproc_bs1']} faces/s at bs1, {row['inproc_bs32']} at bs32; score {row['score']}")
-            service = start_service(replace(serving, precision=v.precision), Path(tmp), v.model_file, f"variant{k}")
+            serving = next(c for c in CONFIGS if c.name == v.serving)
+            service = start_service(replace(serving, precision=v.precision, freeze=v.freeze), Path(tmp), v.model_file,
+                                    f"variant{k}")
             try:
                 run_load(f"{service.inference_url}/predictions/keypoints", uploads, 16, 3.0, 1.0)  # JIT warm-up
                 for c in concurrency:

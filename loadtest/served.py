@@ -26,12 +26,13 @@ class Config:
     torch_threads: int
     frontend: dict[str, str] = field(default_factory=dict, hash=False)
     precision: str = "auto"  # the handler's: bf16 where the CPU has it (handler/inference.py), else fp32
+    freeze: bool = True  # the handler freezes the model at load; False serves the file's graph as is
 
     def model_config(self) -> str:
         return (f"minWorkers: {self.workers}\nmaxWorkers: {self.workers}\nbatchSize: {self.batch_size}\n"
                 f"maxBatchDelay: {self.max_batch_delay_ms}\nresponseTimeout: 60\n"
                 f"handler:\n  max_pixels: 40000000\n  torch_threads: {self.torch_threads}\n"
-                f"  precision: {self.precision}\n")
+                f"  precision: {self.precision}\n  freeze: {str(self.freeze).lower()}\n")
 
 
 LEAN_FRONTEND = {"number_of_netty_threads": "1", "netty_client_threads": "1"}
@@ -40,7 +41,9 @@ CONFIGS = (
     Config("b8-d5-w1t2", 8, 5, 1, 2),
     Config("b16-d5-w1t2", 16, 5, 1, 2),
     Config("b16-d5-w1t1", 16, 5, 1, 1),
+    Config("b8-d1-w2t1", 8, 1, 2, 1),
     Config("b8-d2-w2t1", 8, 2, 2, 1),
+    Config("b16-d2-w2t1", 16, 2, 2, 1),
     Config("b8-d5-w2t1", 8, 5, 2, 1),
     Config("b16-d10-w2t1", 16, 10, 2, 1),
     Config("b8-d5-w2t1-lean", 8, 5, 2, 1, LEAN_FRONTEND),

@@ -53,3 +53,12 @@ def test_frozen_model_answers_what_the_file_answers():
             prepared = for_inference(torch.jit.load(str(MODEL_FILE)), CPU, precision)
             assert isinstance(prepared, torch.jit.ScriptModule)
             assert torch.allclose(prepared(x), plain, atol=1e-4), precision  # outside autocast: float32 both
+
+
+def test_unfrozen_runner_runs_the_file_as_is():
+    """freeze: false in the handler settings (the benchmark's 'as served then') runs the traced graph unchanged."""
+    model = torch.jit.load(str(MODEL_FILE)).eval()
+    x = np.random.default_rng(0).random((3, 1, 96, 96), dtype=np.float32)
+    with torch.inference_mode():
+        plain = model(torch.from_numpy(x)).numpy()
+    assert np.array_equal(model_runner(model, CPU, "fp32", freeze=False)(x), plain)
