@@ -154,3 +154,14 @@ def test_the_student_learns_the_teachers_answers_not_only_the_labels(tmp_path, f
         pred = torch.jit.load(str(out / "keypoints.pt"))(torch.from_numpy(val.images[:64, None] / 255).float())
     x_offset = float((pred[..., 0] - torch.from_numpy(normalize(val.keypoints[:64]))[..., 0]).nanmean())
     assert x_offset > shift / 2, f"the student sits {x_offset:.3f} right of the labels, the teacher {shift}"
+
+
+def test_shipped_model_is_one_pass_within_the_limits():
+    card = json.loads((REPO_ROOT / "model_store" / "model_card.json").read_text())
+    model_file = REPO_ROOT / "model_store" / card["model_file"]
+    model = torch.jit.load(str(model_file))
+    assert sum(p.numel() for p in model.parameters()) == card["parameters"] < 5_000_000
+    assert model_file.stat().st_size == card["size_bytes"] < 20_000_000
+    assert card["network_passes_per_face"] == 1 and not card["config"]["student_flip_tta"]
+    assert card["data"]["train_people"] == 295  # issue 12: the shipped model trains on every person
+    assert card["teacher"]["validation_score"] > 700 and card["training_minutes"] < 60

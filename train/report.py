@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None)
     args = parser.parse_args(argv)
     card = json.loads((args.model_dir / "model_card.json").read_text())
+    if card["validation"].get("seen_in_training"):
+        print("warning: this model trained on the validation people (--all-people): the figures show how well it "
+              "fits them, not how it does on new people; run this on the same recipe's person-split model instead")
     _, val = facedata.split_by_person(facedata.load(args.data))
     model = torch.jit.load(str(args.model_dir / card["model_file"]))
     with torch.inference_mode():
