@@ -100,7 +100,7 @@ loadtest: $(VENV)/.runtime
 
 ## bench: the shipped model against the four-pass one of commit 9a2cdaa side by side (GFLOP, in-process and
 ## served faces/s, p50/p99, score), then in-process ceiling vs served throughput/latency for a grid of
-## configurations (own TorchServes on free ports, ~12 min); writes docs/performance/models.csv, bench.csv,
+## configurations (own TorchServes on free ports, ~14 min); writes docs/performance/models.csv, bench.csv,
 ## bench.png and the numbers in docs/performance.md
 bench: $(VENV)/.dev
 	$(PY) -m loadtest.models_compare
