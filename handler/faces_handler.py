@@ -24,8 +24,8 @@ class FacesHandler(ServingHandler):
         self.detector = FaceDetector(score_threshold=float(self.settings.get("score_threshold", 0.5)),
                                      max_side=int(self.settings.get("detect_max_side", 1280)),
                                      threads=self.threads or 1, device=str(self.device))
-        logger.info("faces: detector on %s, keypoints %s on %s, at most %d faces per image, %d refine step(s)",
-                    self.detector.provider, self.precision, self.device, self.max_faces, self.refine_steps)
+        logger.info("faces: detector on %s, at most %d faces per image, %d refine step(s)",
+                    self.detector.provider, self.max_faces, self.refine_steps)
 
     def handle(self, data: list[dict], context) -> list[str]:
         replies = answer_photos(data, self.detector, self.run_model, self.max_pixels,

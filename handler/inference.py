@@ -8,6 +8,7 @@ path once at start and log it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +42,13 @@ def choose_precision(setting: str, device: torch.device, flags: set[str] | None 
     return "bf16" if any(flag in flags for flag in BF16_CPU_FLAGS) else "fp32"
 
 
+def autocast(precision: str, device_type: str = "cpu") -> contextlib.AbstractContextManager:
+    """bfloat16 autocast for 'bf16', nothing for 'fp32': the one place both serving and training switch it."""
+    if precision == "bf16":
+        return torch.autocast(device_type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def for_inference(model: torch.nn.Module, device: torch.device, precision: str) -> torch.nn.Module:
     """The TorchScript model frozen for inference: BatchNorm folded into the convolutions, weights constant.
 
@@ -65,10 +73,7 @@ def model_runner(model: torch.nn.Module, device: torch.device, precision: str,
 
     @torch.inference_mode()
     def run(batch: np.ndarray) -> np.ndarray:
-        inputs = torch.from_numpy(batch).to(device)
-        if precision == "bf16":
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                return model(inputs).float().cpu().numpy()
-        return model(inputs).float().cpu().numpy()
+        with autocast(precision, device.type):
+            return model(torch.from_numpy(batch).to(device)).float().cpu().numpy()
 
     return run

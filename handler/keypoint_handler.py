@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
 from handler.processing import answer_batch
 from handler.serving import ServingHandler
 
@@ -22,11 +20,6 @@ logger = logging.getLogger(__name__)
 
 
 class KeypointHandler(ServingHandler):
-    def initialize(self, context) -> None:
-        super().initialize(context)
-        logger.info("keypoints: %s%s on %s, %d torch thread(s)", self.precision, ", frozen" if self.freeze else "",
-                    self.device, torch.get_num_threads())
-
     def handle(self, data: list[dict], context) -> list[str]:
         replies = answer_batch(data, self.run_model, self.max_pixels, self.request_headers(data, context),
                                self.model_name)

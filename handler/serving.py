@@ -8,6 +8,7 @@ pass-throughs (handler.kserve_protocol); replies go back with their own status, 
 from __future__ import annotations
 
 import json
+import logging
 from http import HTTPStatus
 from typing import Any
 
@@ -17,6 +18,8 @@ from ts.torch_handler.base_handler import BaseHandler
 from handler.inference import choose_precision, model_runner
 from handler.kserve_protocol import pass_torchserve_envelopes_through
 from handler.processing import MAX_PIXELS, Reply
+
+logger = logging.getLogger(__name__)
 
 
 class ServingHandler(BaseHandler):
@@ -31,6 +34,8 @@ class ServingHandler(BaseHandler):
         self.precision = choose_precision(str(self.settings.get("precision", "auto")), self.device)
         self.freeze = bool(self.settings.get("freeze", True))  # false: the file's graph as is (benchmarks)
         self.run_model = model_runner(self.model, self.device, self.precision, self.freeze)
+        logger.info("%s: keypoint model %s%s on %s, %d torch thread(s)", self.model_name, self.precision,
+                    ", frozen" if self.freeze else "", self.device, torch.get_num_threads())
         pass_torchserve_envelopes_through()
 
     @staticmethod

@@ -11,7 +11,6 @@ Every setting lives in Config below; each field is also a command-line flag.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
@@ -37,7 +36,7 @@ from facekp.contract import (  # noqa: E402
     denormalize,
     normalize,
 )
-from handler.inference import choose_precision  # noqa: E402
+from handler.inference import autocast, choose_precision  # noqa: E402
 from train.augment import AugmentConfig, augment  # noqa: E402
 from train.model import KeypointNet, ServingModel, count_parameters  # noqa: E402
 
@@ -167,10 +166,6 @@ def build_net(cfg: Config, use_aux: bool, student: bool = False) -> KeypointNet:
 Teacher = Callable[[torch.Tensor], torch.Tensor]
 
 
-def autocast(precision: str) -> contextlib.AbstractContextManager:
-    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-
-
 def train_network(cfg: Config, seed: int, tag: str, epochs: int, x_train: torch.Tensor, y_train: torch.Tensor,
                   x_val: torch.Tensor, val_keypoints: np.ndarray, use_aux: bool, precision: str,
                   teacher: Teacher | None = None, flip_tta: bool = True,
@@ -285,12 +280,13 @@ def train(cfg: Config) -> dict:
     def epochs_after(k: int) -> int:
         return sum(epochs for _, epochs in plan[k + 1:])
 
-    nets, history = [], []
+    nets, member_scores, history = [], [], []
     for k in range(cfg.members):
         net, net_history = train_network(cfg, seeds[k], f"[member {k + 1}/{cfg.members}]", cfg.epochs, x_train,
                                          y_train, x_val, val_faces.keypoints, use_aux, precision,
                                          flip_tta=cfg.flip_tta, epochs_after=epochs_after(k))
         nets.append(net)
+        member_scores.append(net_history[-1]["val_score"])
         history += net_history
     ensemble = ServingModel(nets, cfg.flip_tta).eval() if nets else None
     teacher_card: dict = {}
@@ -326,8 +322,7 @@ def train(cfg: Config) -> dict:
             "score": metrics.score(pred, val_faces.keypoints),
             "rmse_px": metrics.rmse_px(pred, val_faces.keypoints),
             "rmse_px_per_keypoint": metrics.rmse_px_by_name(pred, val_faces.keypoints),
-            "score_per_member": [h["val_score"] for h in history
-                                 if h["member"].startswith("[member") and h["epoch"] == cfg.epochs],
+            "score_per_member": member_scores,
             "label_x_offset_px": [label_x_offset_px(net) for net in exported_nets],
             "faces": len(val_faces),
             "people": len(set(val_faces.people)),
