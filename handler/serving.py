@@ -32,10 +32,10 @@ class ServingHandler(BaseHandler):
             torch.set_num_threads(self.threads)
         self.model_name = context.manifest["model"]["modelName"]
         self.precision = choose_precision(str(self.settings.get("precision", "auto")), self.device)
-        self.freeze = bool(self.settings.get("freeze", True))  # false: the file's graph as is (benchmarks)
-        self.run_model = model_runner(self.model, self.device, self.precision, self.freeze)
+        freeze = bool(self.settings.get("freeze", True))  # false: the file's graph as is (benchmarks)
+        self.run_model = model_runner(self.model, self.device, self.precision, freeze)
         logger.info("%s: keypoint model %s%s on %s, %d torch thread(s)", self.model_name, self.precision,
-                    ", frozen" if self.freeze else "", self.device, torch.get_num_threads())
+                    ", frozen" if freeze else "", self.device, torch.get_num_threads())
         pass_torchserve_envelopes_through()
 
     @staticmethod

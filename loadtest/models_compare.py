@@ -38,11 +38,11 @@ from loadtest import report
 from loadtest.cpu import log, wait_for_quiet
 from loadtest.images import build_mix, describe
 from loadtest.loadgen import run_load
-from loadtest.served import CONFIGS, served_point, start_service
+from loadtest.served import CONFIGS, Config, served_point, shipped_config, start_service
 
 BASELINE = "9a2cdaa"  # the four-pass model of issue 13 ("today's model")
-BASELINE_SERVING = "b8-d5-w2t1"  # serve/model-config.yaml's batching at that commit
-SHIPPED_SERVING = "b8-d1-w2t1"  # serve/model-config.yaml's batching now
+BASELINE_SERVING = next(c for c in CONFIGS if c.name == "b8-d5-w2t1")  # serve/model-config.yaml at that commit
+SHIPPED_SERVING = shipped_config()  # serve/model-config.yaml now
 OUT_CSV = REPO_ROOT / "docs" / "performance" / "models.csv"
 DOC = REPO_ROOT / "docs" / "performance.md"
 BEGIN, END = "<!-- models:begin (written by `make bench`) -->", "<!-- models:end -->"
@@ -55,7 +55,7 @@ class Variant:
     precision: str  # auto / fp32 / bf16, as the handler's setting
     card: dict  # the model card beside the file
     freeze: bool = True  # False: as handlers ran models before they froze them (commit 9a2cdaa and earlier)
-    serving: str = SHIPPED_SERVING  # the batching configuration (loadtest.served.CONFIGS) it is served with
+    serving: Config = SHIPPED_SERVING  # the batching it is served with
 
 
 def passes_per_face(card: dict) -> int | str:
@@ -135,8 +135,8 @@ def render(rows: list[dict], meta: dict) -> str:
     for c in meta["concurrency"]:
         columns += [(f"c{c}_faces_s", f"{c} clients faces/s"), (f"c{c}_p50", "p50 ms"), (f"c{c}_p99", "p99 ms")]
     lines = [BEGIN, "", f"Run of {meta['date']} on {meta['machine']}; `{meta['command']}`; upload mix {meta['mix']}; "
-             f"batching `{BASELINE_SERVING}` = 8 per batch, 5 ms delay, 2 workers x 1 thread (commit {BASELINE}'s), "
-             f"`{SHIPPED_SERVING}` = the same with 1 ms (today's); {meta['wall']}. "
+             f"batching `{BASELINE_SERVING.name}` = {BASELINE_SERVING.describe()} (commit {BASELINE}'s), "
+             f"`{SHIPPED_SERVING.name}` = {SHIPPED_SERVING.describe()} (today's); {meta['wall']}. "
              "Full data: [models.csv](performance/models.csv).", ""]
     lines += report._table(rows, columns)
     then, last = rows[0], rows[-1]
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             model = torch.jit.load(str(v.model_file), map_location="cpu").eval()
             precision = choose_precision(v.precision, torch.device("cpu"))
             run = model_runner(model, torch.device("cpu"), precision, v.freeze)
-            row = {"variant": v.name, "serving": v.serving, "gflop": round(gflop_per_face(model), 3),
+            row = {"variant": v.name, "serving": v.serving.name, "gflop": round(gflop_per_face(model), 3),
                    "precision": precision + ("" if v.freeze else ", not frozen")}
             row["passes"] = passes_per_face(v.card)
             wait_for_quiet(args.quiet_wait)
@@ -202,9 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                 row["score"] = f"{score:.1f} (trained on these people)"
             log(f"[{k}/{len(variants)}] {v.name} ({precision}): {row['gflop']} GFLOP/face, in-process "
                 f"{row['inproc_bs1']} faces/s at bs1, {row['inproc_bs32']} at bs32; score {row['score']}")
-            serving = next(c for c in CONFIGS if c.name == v.serving)
-            service = start_service(replace(serving, precision=v.precision, freeze=v.freeze), Path(tmp), v.model_file,
-                                    f"variant{k}")
+            serving = replace(v.serving, precision=v.precision, freeze=v.freeze)
+            service = start_service(serving, Path(tmp), v.model_file, f"variant{k}")
             try:
                 run_load(f"{service.inference_url}/predictions/keypoints", uploads, 16, 3.0, 1.0)  # JIT warm-up
                 for c in concurrency:

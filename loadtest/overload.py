@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ from facekp.data import REPO_ROOT
 from loadtest.cpu import log, wait_for_quiet
 from loadtest.images import build_mix
 from loadtest.loadgen import run_load, run_open_loop
-from loadtest.served import Config, start_service
+from loadtest.served import Config, shipped_config, start_service
 
 OUT = REPO_ROOT / "docs" / "reliability" / "overload.csv"
 
@@ -49,7 +49,7 @@ class Variant:
     note: str = ""
 
     def config(self) -> Config:
-        return Config(self.name, 8, 5, 2, 1, self.frontend)  # the shipped batching: serve/model-config.yaml
+        return replace(shipped_config(), name=self.name, frontend=self.frontend)
 
 
 VARIANTS = {

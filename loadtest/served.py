@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 
-from facekp.server import MODEL_FILE, SHIPPED_CONFIG, Service, build_archive, free_ports
+from facekp.server import MODEL_CONFIG, MODEL_FILE, SHIPPED_CONFIG, Service, build_archive, free_ports
 from loadtest.cpu import CpuSampler, log
 from loadtest.images import Upload
 from loadtest.loadgen import run_load
@@ -33,6 +34,20 @@ class Config:
                 f"maxBatchDelay: {self.max_batch_delay_ms}\nresponseTimeout: 60\n"
                 f"handler:\n  max_pixels: 40000000\n  torch_threads: {self.torch_threads}\n"
                 f"  precision: {self.precision}\n  freeze: {str(self.freeze).lower()}\n")
+
+    def describe(self) -> str:
+        return (f"{self.batch_size} per batch, {self.max_batch_delay_ms} ms delay, "
+                f"{self.workers} workers x {self.torch_threads} thread(s)")
+
+
+def shipped_config(model_config: Path = MODEL_CONFIG) -> Config:
+    """serve/model-config.yaml as a Config named like the grid's (b8-d1-w2t1): benchmarks follow the shipped file."""
+    shipped = yaml.safe_load(model_config.read_text())
+    handler = shipped.get("handler", {})
+    batch, delay, workers = shipped["batchSize"], shipped["maxBatchDelay"], shipped["maxWorkers"]
+    threads = handler.get("torch_threads", 1)
+    return Config(f"b{batch}-d{delay}-w{workers}t{threads}", batch, delay, workers, threads,
+                  precision=str(handler.get("precision", "auto")))
 
 
 LEAN_FRONTEND = {"number_of_netty_threads": "1", "netty_client_threads": "1"}
