@@ -100,6 +100,24 @@ def test_one_cross_validation_fold_validates_its_own_people(tmp_path, faces):
     assert "pooled score" in result.stdout
 
 
+def test_a_cross_validated_student_distils_from_the_teacher_of_its_own_fold(tmp_path, faces):
+    cv = [sys.executable, str(REPO_ROOT / "train" / "cv.py"), "--folds", "5", "--only", "2"]
+    quick = ["--quick", "--epochs", "1", "--student-epochs", "1"]
+    teachers, students = tmp_path / "teachers", tmp_path / "students"
+    subprocess.run([*cv, "--out", str(teachers), "--", *quick, "--no-student"], check=True, capture_output=True,
+                   timeout=300)
+    result = subprocess.run([*cv, "--out", str(students), "--", *quick, "--members", "0",
+                             "--teacher", str(teachers / "fold_{fold}" / "keypoints.pt")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    card = json.loads((students / "fold_2" / "model_card.json").read_text())
+    assert card["teacher"]["source"] == str(teachers / "fold_2" / "keypoints.pt")
+    assert card["data"]["split"].endswith("(fold 2 of 5)")
+    missing = subprocess.run([*cv, "--out", str(tmp_path / "none"), "--", *quick, "--members", "0",
+                              "--teacher", str(tmp_path / "fold_{fold}.pt")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "fold_2.pt: no such file" in missing.stderr
+
+
 def test_folds_cover_every_person_exactly_once(faces):
     validated = [set(facedata.split_by_person(faces, k, 5)[1].people) for k in range(5)]
     assert sum(len(v) for v in validated) == len(set(faces.people))

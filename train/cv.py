@@ -1,11 +1,15 @@
 """Person-level k-fold cross-validation of a training recipe: every person validated exactly once.
 
     python train/cv.py --folds 5 --out runs/cv                      # the default recipe, all folds
-    python train/cv.py --folds 5 --out runs/cv-m1e25 -- --members 1 --epochs 25   # a short proxy
+    python train/cv.py --folds 5 --out runs/cv-teacher -- --no-student   # its teacher alone (two networks)
+    python train/cv.py --folds 5 --out runs/cv-student -- --members 0 --teacher runs/cv-teacher/fold_{fold}/keypoints.pt
+    python train/cv.py --folds 5 --out runs/cv-m1e25 -- --no-student --members 1 --epochs 25   # a short proxy
     python train/cv.py --folds 5 --only 0 --out /tmp/cv -- --quick  # one fold (the quick test)
 
-Flags after `--` go to train/run.py unchanged. Each fold trains with `--fold k --folds N` into
-OUT/fold_k and saves its predictions there; a fold already done is kept (rerun to resume).
+Flags after `--` go to train/run.py, with `{fold}` replaced by the fold's number: a student is
+distilled from the teacher of its own fold, never from one that saw its validation people.
+Each fold trains with `--fold k --folds N` into OUT/fold_k and saves its predictions there;
+a fold already done is kept (rerun to resume).
 The summary pools the predictions of all folds done so far: the pooled score, the mean and
 spread over folds, a 95 % bootstrap interval over people, and the score per person
 (OUT/cv.json, OUT/per_person.png).
@@ -38,7 +42,8 @@ def run_fold(fold: int, folds: int, out: Path, train_args: list[str]) -> Path:
     if done.exists():
         print(f"fold {fold}/{folds}: kept {done}", flush=True)
         return done
-    cfg = run.parse_args([*train_args, "--fold", str(fold), "--folds", str(folds), "--out", str(fold_dir)])
+    fold_args = [arg.replace("{fold}", str(fold)) for arg in train_args]
+    cfg = run.parse_args([*fold_args, "--fold", str(fold), "--folds", str(folds), "--out", str(fold_dir)])
     print(f"fold {fold}/{folds}: training", flush=True)
     card = run.train(cfg)
     _, val = facedata.split_by_person(facedata.load(cfg.data or None), fold, folds)

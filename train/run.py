@@ -116,6 +116,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         parser.error("--members 0 needs --teacher (and the student)")
     if cfg.teacher and not cfg.student:
         parser.error("--teacher is only used by the student")
+    if cfg.teacher and not Path(cfg.teacher).is_file():
+        parser.error(f"--teacher {cfg.teacher}: no such file (a TorchScript model from train/run.py)")
     if not 0 <= cfg.distill <= 1:
         parser.error("--distill is a weight in [0, 1]")
     if cfg.folds < 2 or cfg.fold >= cfg.folds:
