@@ -84,11 +84,18 @@ def test_label_mirror_is_an_involution_and_geometric_at_zero_offset():
 
 def test_one_cross_validation_fold_validates_its_own_people(tmp_path, faces):
     out = tmp_path / "cv"
+    card_path = tmp_path / "model_card.json"
+    card_path.write_text('{"model_file": "keypoints.pt"}')
     result = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "cv.py"), "--folds", "5", "--only", "2",
-                             "--out", str(out), "--", "--quick", "--members", "1", "--epochs", "1"],
+                             "--out", str(out), "--card", str(card_path), "--", "--quick", "--members", "1",
+                             "--epochs", "1"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "cv.json").read_text())
+    recorded = json.loads(card_path.read_text())
+    assert recorded["model_file"] == "keypoints.pt"
+    assert recorded["cross_validation"]["pooled_score"] == summary["pooled_score"]
+    assert recorded["cross_validation"]["train_args"] == ["--quick", "--members", "1", "--epochs", "1"]
     _, fold_people = facedata.split_by_person(faces, 2, 5)
     assert summary["folds_done"] == [2] and summary["faces"] == len(fold_people)
     assert set(summary["per_person_score"]) == set(fold_people.people)
@@ -183,3 +190,5 @@ def test_shipped_model_is_one_pass_within_the_limits():
     assert card["network_passes_per_face"] == 1 and not card["config"]["student_flip_tta"]
     assert card["data"]["train_people"] == 295  # issue 12: the shipped model trains on every person
     assert card["teacher"]["validation_score"] > 700 and card["training_minutes"] < 60
+    estimate = card["cross_validation"]  # issue 12: the estimate the recipe was chosen by, over all 295 people
+    assert estimate["folds_done"] == [0, 1, 2, 3, 4] and estimate["people"] == 295

@@ -5,6 +5,8 @@
     python train/cv.py --folds 5 --out runs/cv-student -- --members 0 --teacher runs/cv-teacher/fold_{fold}/keypoints.pt
     python train/cv.py --folds 5 --out runs/cv-m1e25 -- --no-student --members 1 --epochs 25   # a short proxy
     python train/cv.py --folds 5 --only 0 --out /tmp/cv -- --quick  # one fold (the quick test)
+    python train/cv.py --folds 5 --out runs/cv-teacher --card model_store/model_card.json -- --no-student
+                                     # (folds kept) record the estimate in the card of the model it chose
 
 Flags after `--` go to train/run.py, with `{fold}` replaced by the fold's number: a student is
 distilled from the teacher of its own fold, never from one that saw its validation people.
@@ -113,6 +115,20 @@ def plot_per_person(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def record_in_card(summary: dict, card_path: Path, command: str) -> None:
+    """The shipped model's card keeps the cross-validated estimate its recipe was chosen by."""
+    card = json.loads(card_path.read_text())
+    card["cross_validation"] = {
+        "what": "pooled over people never seen by the fold's model; the recipe is train_args, "
+                "which may be the shipped model's teacher rather than the model itself",
+        "command": command,
+        **{key: summary[key] for key in ("train_args", "folds", "folds_done", "faces", "people", "pooled_score",
+                                         "pooled_rmse_px", "bootstrap_95", "fold_scores", "fold_mean", "fold_std",
+                                         "training_minutes")},
+    }
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     train_args = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -121,10 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--only", type=int, nargs="+", default=None, help="run these folds only (0-based)")
     parser.add_argument("--out", type=Path, default=Path("runs/cv"))
+    parser.add_argument("--card", type=Path, default=None,
+                        help="a model card (model_card.json) to record the pooled estimate in, as 'cross_validation'")
     args = parser.parse_args(own)
     folds = args.only if args.only is not None else list(range(args.folds))
     if args.folds < 2 or any(not 0 <= k < args.folds for k in folds):
         parser.error(f"--only takes folds 0..{args.folds - 1}, and --folds is at least 2")
+    if args.card is not None and not args.card.is_file():
+        parser.error(f"--card {args.card}: no such file")
     try:
         files = [run_fold(k, args.folds, args.out, train_args) for k in folds]
     except facedata.DataError as err:
@@ -137,12 +157,14 @@ def main(argv: list[str] | None = None) -> int:
         plot_per_person(summary, args.out / "per_person.png")
     except ImportError:
         pass  # matplotlib is a dev requirement; the numbers are in cv.json
+    if args.card is not None:
+        record_in_card(summary, args.card, "python train/cv.py " + " ".join(argv))
     scores = ", ".join(f"{s:.1f}" for s in summary["fold_scores"])
     low, high = summary["bootstrap_95"]
     print(f"cross-validation over {summary['people']} people, {summary['faces']} faces, folds {summary['folds_done']}"
           f" of {args.folds}:\npooled score {summary['pooled_score']:.1f} (rmse {summary['pooled_rmse_px']:.3f} px),"
           f" 95 % bootstrap over people {low:.1f} to {high:.1f}\nfold scores {scores}: mean {summary['fold_mean']:.1f}"
-          f" sd {summary['fold_std']:.1f}\nwrote {args.out / 'cv.json'}")
+          f" sd {summary['fold_std']:.1f}\nwrote {args.out / 'cv.json'}" + (f" and {args.card}" if args.card else ""))
     return 0
 
 
