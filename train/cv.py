@@ -122,9 +122,7 @@ def record_in_card(summary: dict, card_path: Path, command: str) -> None:
         "what": "pooled over people never seen by the fold's model; the recipe is train_args, "
                 "which may be the shipped model's teacher rather than the model itself",
         "command": command,
-        **{key: summary[key] for key in ("train_args", "folds", "folds_done", "faces", "people", "pooled_score",
-                                         "pooled_rmse_px", "bootstrap_95", "fold_scores", "fold_mean", "fold_std",
-                                         "training_minutes")},
+        **{key: value for key, value in summary.items() if key != "per_person_score"},  # names stay in cv.json
     }
     card_path.write_text(json.dumps(card, indent=2) + "\n")
 
