@@ -5,12 +5,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from facekp import data as facedata
 from facekp.contract import normalize
 from facekp.data import REPO_ROOT
 from train.model import KeypointNet, ServingModel
+from train.run import _mirror_with_taught
 
 
 def test_quick_training_writes_a_standalone_torchscript_model(tmp_path, needs_data):
@@ -161,7 +163,8 @@ class ShiftedMeanFace(torch.nn.Module):
         return self.answer.expand(x.shape[0], -1, -1) + 0 * x.mean()
 
 
-def test_the_student_learns_the_teachers_answers_not_only_the_labels(tmp_path, faces):
+@pytest.mark.parametrize("views", ["live", "cached"])
+def test_the_student_learns_the_teachers_answers_not_only_the_labels(tmp_path, faces, views):
     shift = 0.25  # 12 px to the right, in normalized coordinates
     mean = torch.from_numpy(normalize(np.nanmean(faces.keypoints, axis=0))).float()
     teacher = torch.jit.script(ShiftedMeanFace(mean + torch.tensor([shift, 0.0])))
@@ -169,7 +172,7 @@ def test_the_student_learns_the_teachers_answers_not_only_the_labels(tmp_path, f
     out = tmp_path / "student"
     result = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "run.py"), "--quick", "--members", "0",
                              "--teacher", str(tmp_path / "teacher.pt"), "--distill", "1", "--aug-flip", "0",
-                             "--out", str(out)], capture_output=True, text=True, timeout=300)
+                             "--teacher-views", views, "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "[member" not in result.stdout and "[student] epoch   3/3" in result.stdout
     card = json.loads((out / "model_card.json").read_text())
@@ -192,3 +195,15 @@ def test_shipped_model_is_one_pass_within_the_limits():
     assert card["teacher"]["validation_score"] > 700 and card["training_minutes"] < 60
     estimate = card["cross_validation"]  # issue 12: the estimate the recipe was chosen by, over all 295 people
     assert estimate["folds_done"] == [0, 1, 2, 3, 4] and estimate["people"] == 295
+
+
+def test_the_teachers_cached_keypoints_mirror_with_the_labels():
+    """--teacher-views cached: a mirrored face gets mirrored teacher keypoints, and mirroring twice is the identity."""
+    net = KeypointNet((8, 8, 8, 8), (1, 1, 1, 1), extra_points=68)
+    with torch.no_grad():
+        net.label_offset.normal_(0, 0.02)
+    labels, taught = torch.randn(4, 83, 2), torch.randn(4, 15, 2)
+    both = _mirror_with_taught(net, torch.cat([labels, taught], 1))
+    torch.testing.assert_close(both[:, :83], net.mirror(labels))
+    torch.testing.assert_close(both[:, 83:], net.mirror(torch.cat([taught, labels[:, 15:]], 1))[:, :15])
+    torch.testing.assert_close(_mirror_with_taught(net, both), torch.cat([labels, taught], 1))
