@@ -12,7 +12,7 @@ from facekp import data as facedata
 from facekp.contract import normalize
 from facekp.data import REPO_ROOT
 from train.model import KeypointNet, ServingModel
-from train.run import _mirror_with_taught
+from train.run import _mirror_with_taught, lr_at
 
 
 def test_quick_training_writes_a_standalone_torchscript_model(tmp_path, needs_data):
@@ -207,3 +207,10 @@ def test_the_teachers_cached_keypoints_mirror_with_the_labels():
     torch.testing.assert_close(both[:, :83], net.mirror(labels))
     torch.testing.assert_close(both[:, 83:], net.mirror(torch.cat([taught, labels[:, 15:]], 1))[:, :15])
     torch.testing.assert_close(_mirror_with_taught(net, both), torch.cat([labels, taught], 1))
+
+
+def test_the_learning_rate_warms_up_then_decays_to_its_floor():
+    assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1) and lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(10, 100, 10, 1.0) == pytest.approx(1.0) and lr_at(100, 100, 10, 1.0) == pytest.approx(0.0)
+    assert lr_at(100, 100, 10, 1.0, floor=0.25) == pytest.approx(0.25)
+    assert lr_at(55, 100, 10, 2.0, floor=0.25) == pytest.approx(2.0 * (0.25 + 0.75 * 0.5))
