@@ -108,6 +108,11 @@ def test_one_cross_validation_fold_validates_its_own_people(tmp_path, faces):
     assert card["data"]["split"].endswith("(fold 2 of 5)")
     assert "pooled score" in result.stdout
 
+    figures = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "report.py"), "--cv", str(out),
+                              "--out", str(tmp_path / "figs")], capture_output=True, text=True, timeout=120)
+    assert figures.returncode == 0, figures.stderr
+    assert (tmp_path / "figs" / "cv_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
 
 def test_a_cross_validated_student_distils_from_the_teacher_of_its_own_fold(tmp_path, faces):
     cv = [sys.executable, str(REPO_ROOT / "train" / "cv.py"), "--folds", "5", "--only", "2"]

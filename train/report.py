@@ -2,6 +2,7 @@
 
     python train/report.py                      # model_store/ -> docs/accuracy/
     python train/report.py --model-dir /tmp/m --out /tmp/figs
+    python train/report.py --cv runs/cv-single-e120 runs/cv-teacher --out /tmp/figs   # per-fold curves
 
 Writes learning_curve.png, per_keypoint.png and signed_error.png (no face pixels, committed) and
 worst_faces.png (validation faces with predicted and true keypoints; it shows images of
@@ -104,12 +105,39 @@ def worst_faces(images: np.ndarray, pred: np.ndarray, true: np.ndarray, path: Pa
     plt.close(fig)
 
 
+def cv_curves(cv_dirs: list[Path], path: Path) -> None:
+    """Score per epoch of each fold's first network, one colour per fold, one line style per run."""
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
+    for k, cv_dir in enumerate(cv_dirs):
+        style = ["-", ":", "--", "-."][k % 4]
+        for card_file in sorted(cv_dir.glob("fold_*/model_card.json")):
+            fold = int(card_file.parent.name.removeprefix("fold_"))
+            history = json.loads(card_file.read_text())["history"]
+            first = [h for h in history if h.get("member") == history[0].get("member")]
+            ax.plot([h["epoch"] for h in first], [h["val_score"] for h in first], ls=style, color=f"C{fold}",
+                    label=f"{cv_dir.name}, fold {fold}")
+    ax.set(xlabel="epoch", ylabel="score on the fold's own people (validated as exported)",
+           title="cross-validation folds: each fold's first network, epoch by epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, default=Path("model_store"))
     parser.add_argument("--out", type=Path, default=Path("docs/accuracy"))
     parser.add_argument("--data", default=None)
+    parser.add_argument("--cv", type=Path, nargs="+", metavar="CV_DIR",
+                        help="instead: the learning curves of train/cv.py runs, per fold -> OUT/cv_curves.png")
     args = parser.parse_args(argv)
+    if args.cv:
+        args.out.mkdir(parents=True, exist_ok=True)
+        cv_curves(args.cv, args.out / "cv_curves.png")
+        print(f"wrote {args.out / 'cv_curves.png'}")
+        return 0
     card = json.loads((args.model_dir / "model_card.json").read_text())
     if card["validation"].get("seen_in_training"):
         print("warning: this model trained on the validation people (--all-people): the figures show how well it "
