@@ -223,18 +223,18 @@ def train_network(cfg: Config, seed: int, tag: str, epochs: int, x_train: torch.
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
             images, target = augment(x_train[idx], y_train[idx], cfg.augment, gen, mirror)
+            images = images.contiguous(memory_format=torch.channels_last)
             if cached:
                 target, taught = target[:, :-NUM_KEYPOINTS], target[:, -NUM_KEYPOINTS:]
-            images = images.contiguous(memory_format=torch.channels_last)
+            elif teacher is not None:
+                with torch.no_grad(), autocast(precision):
+                    taught = teacher(images).float()
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total_steps, warmup, cfg.lr, cfg.lr_floor)
             with autocast(precision):
                 pred = net(images).float()
             loss = keypoint_loss(pred[:, :NUM_KEYPOINTS], target[:, :NUM_KEYPOINTS], cfg.loss)
             if teacher is not None:
-                if not cached:
-                    with torch.no_grad(), autocast(precision):
-                        taught = teacher(images).float()
                 loss = (1 - cfg.distill) * loss + cfg.distill * keypoint_loss(pred[:, :NUM_KEYPOINTS], taught, cfg.loss)
             if use_aux:
                 loss = loss + cfg.aux68 * keypoint_loss(pred[:, NUM_KEYPOINTS:], target[:, NUM_KEYPOINTS:], cfg.loss)
