@@ -31,6 +31,11 @@ class AugmentConfig:
     gamma_sigma: float = 0.2
     noise_max: float = 0.03
     blur: float = 0.2  # probability of a 3x3 blur
+    # Face shape differs between people more than between frames of one person: an area-preserving
+    # stretch (width against height, exp(N(0, aspect_sigma))) and a shear imitate other proportions.
+    aspect_sigma: float = 0.0
+    shear: float = 0.0  # x += U(-shear, shear) * y
+    erase: float = 0.0  # probability of a rectangle (15-45 % of a side) painted over: hands, glasses, hair
 
 
 def augment(images: torch.Tensor, keypoints: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator,
@@ -55,6 +60,8 @@ def augment(images: torch.Tensor, keypoints: torch.Tensor, cfg: AugmentConfig, g
     cos, sin = torch.cos(angle), torch.sin(angle)
     rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (n,2,2)
     forward = rot * scale[:, None, None]  # output = forward @ input + shift
+    if cfg.aspect_sigma > 0 or cfg.shear > 0:  # drawn only when asked: the default's random stream is as before
+        forward = forward @ _proportions(n, cfg.aspect_sigma, cfg.shear, gen)
     inverse = torch.linalg.inv(forward)
     theta = torch.cat([inverse, (-inverse @ shift[:, :, None])], dim=2)  # output -> input
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
@@ -70,4 +77,29 @@ def augment(images: torch.Tensor, keypoints: torch.Tensor, cfg: AugmentConfig, g
     blur = torch.rand(shape, generator=gen) < cfg.blur
     images = torch.where(blur, F.avg_pool2d(images, 3, 1, 1, count_include_pad=False), images)
     images = images + torch.randn(images.shape, generator=gen) * (torch.rand(shape, generator=gen) * cfg.noise_max)
+    if cfg.erase > 0:
+        images = _erase(images, cfg.erase, gen)
     return images.clamp(0, 1), kp
+
+
+def _proportions(n: int, aspect_sigma: float, shear: float, gen: torch.Generator) -> torch.Tensor:
+    """(n, 2, 2) stretch-and-shear matrices of determinant 1: a face of other proportions, same size."""
+    stretch = torch.exp(torch.randn(n, generator=gen) * aspect_sigma).sqrt()
+    slant = (torch.rand(n, generator=gen) * 2 - 1) * shear
+    return torch.stack([torch.stack([stretch, slant / stretch], -1),
+                        torch.stack([torch.zeros(n), 1 / stretch], -1)], -2)
+
+
+def _erase(images: torch.Tensor, probability: float, gen: torch.Generator) -> torch.Tensor:
+    """Paint one random rectangle of a flat random grey over a share of the images; the labels stay,
+    so the net learns to place what it cannot see from the rest of the face."""
+    n, _, h, w = images.shape
+    size = torch.rand(n, 2, generator=gen) * 0.3 + 0.15  # (height, width) as a share of the side
+    corner = torch.rand(n, 2, generator=gen) * (1 - size)
+    ys = torch.arange(h).div(h).view(1, h, 1)
+    xs = torch.arange(w).div(w).view(1, 1, w)
+    inside = ((ys >= corner[:, 0, None, None]) & (ys < (corner[:, 0] + size[:, 0])[:, None, None])
+              & (xs >= corner[:, 1, None, None]) & (xs < (corner[:, 1] + size[:, 1])[:, None, None]))
+    chosen = (torch.rand(n, generator=gen) < probability)[:, None, None]
+    grey = torch.rand(n, 1, 1, 1, generator=gen)
+    return torch.where((inside & chosen)[:, None], grey, images)
