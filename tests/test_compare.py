@@ -1,0 +1,37 @@
+"""train/compare.py: two cross-validation runs compared on the same people."""
+
+import numpy as np
+
+from train.compare import compare, main
+
+
+def _fold(cv_dir, fold, people, truth, pred):
+    (cv_dir / f"fold_{fold}").mkdir(parents=True)
+    np.savez(cv_dir / f"fold_{fold}" / "predictions.npz", pred=pred, truth=truth, people=people, minutes=1.0)
+
+
+def test_a_better_recipe_is_better_on_the_same_people_and_its_interval_says_so(tmp_path):
+    rng = np.random.default_rng(0)
+    for fold in (0, 1):
+        people = np.repeat([f"p{fold}_{k}" for k in range(40)], 10)
+        truth = rng.uniform(20, 76, size=(400, 15, 2))
+        person_noise = rng.normal(0, 1.0, size=(40, 1, 1, 1)).repeat(10, 1).reshape(400, 1, 1) * np.ones((1, 15, 2))
+        error = person_noise + rng.normal(0, 1.0, size=truth.shape)  # people differ, as they do
+        _fold(tmp_path / "a", fold, people, truth, truth + error)
+        _fold(tmp_path / "b", fold, people, truth, truth + 0.9 * error)  # 10 % smaller errors, same faces
+    _fold(tmp_path / "a", 2, people, truth, truth + 1)  # a fold only A has is left out
+    result = compare(tmp_path / "a", tmp_path / "b")
+    assert result["folds"] == [0, 1] and result["people"] == 80 and result["faces"] == 800
+    assert abs(result["ratio"] - 1 / 0.81) < 1e-9  # score ~ 1 / mse
+    low, high = result["ratio_95"]
+    assert low < result["ratio"] < high and 1 < low  # paired: every resampling keeps B ahead
+    assert compare(tmp_path / "a", tmp_path / "a")["ratio_95"] == [1.0, 1.0]
+
+
+def test_runs_of_different_splits_are_refused(tmp_path, capsys):
+    truth = np.full((20, 15, 2), 48.0)
+    _fold(tmp_path / "a", 0, np.repeat(["x", "y"], 10), truth, truth + 1)
+    _fold(tmp_path / "b", 0, np.repeat(["x", "z"], 10), truth, truth + 1)
+    assert main([str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    assert "not the same split" in capsys.readouterr().err
+    assert main([str(tmp_path / "a"), str(tmp_path / "empty")]) == 2
