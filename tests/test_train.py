@@ -26,6 +26,7 @@ def test_quick_training_writes_a_standalone_torchscript_model(tmp_path, needs_da
     assert card["validation"]["score"] > 0 and len(card["validation"]["rmse_px_per_keypoint"]) == 15
     assert card["parameters"] < 5_000_000 and card["size_bytes"] < 20_000_000
     assert card["torch"] == torch.__version__ and card["config"]["epochs"] == 3
+    assert card["command"].startswith("python train/run.py --quick --out ")
     # --quick: one teacher network, then the student distilled from it is what is exported.
     assert card["members"] == 1 and len(card["validation"]["score_per_member"]) == 1
     assert "[member 1/1] epoch   3/3" in result.stdout and "[student] epoch   3/3" in result.stdout
@@ -106,6 +107,7 @@ def test_one_cross_validation_fold_validates_its_own_people(tmp_path, faces):
     card = json.loads((out / "fold_2" / "model_card.json").read_text())
     assert card["data"]["train_faces"] == min(1024, len(faces) - len(fold_people))  # --quick: 1024 at most
     assert card["data"]["split"].endswith("(fold 2 of 5)")
+    assert card["command"].startswith("python train/cv.py --folds 5 --only 2 --out ")  # the command that ran
     assert "pooled score" in result.stdout
 
     figures = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "report.py"), "--cv", str(out),
@@ -127,6 +129,7 @@ def test_a_cross_validated_student_distils_from_the_teacher_of_its_own_fold(tmp_
     card = json.loads((students / "fold_2" / "model_card.json").read_text())
     assert card["teacher"]["source"] == str(teachers / "fold_2" / "keypoints.pt")
     assert card["data"]["split"].endswith("(fold 2 of 5)")
+    assert card["command"].startswith("python train/cv.py --folds 5 --only 2 --out ")  # the command that ran
     missing = subprocess.run([*cv, "--out", str(tmp_path / "none"), "--", *quick, "--members", "0",
                               "--teacher", str(tmp_path / "fold_{fold}.pt")], capture_output=True, text=True)
     assert missing.returncode == 2 and "fold_2.pt: no such file" in missing.stderr

@@ -259,6 +259,14 @@ def train_network(cfg: Config, seed: int, tag: str, epochs: int, x_train: torch.
     return ema.module.to(memory_format=torch.contiguous_format).eval(), history  # exported as before
 
 
+def command_line() -> str:
+    """The command that ran, as typed from the repository root: train/run.py itself or train/cv.py around it."""
+    script = Path(sys.argv[0]).resolve()
+    root = Path(__file__).resolve().parent.parent
+    shown = script.relative_to(root).as_posix() if script.is_relative_to(root) else sys.argv[0]
+    return " ".join(["python", shown, *sys.argv[1:]])
+
+
 def split_rule(cfg: Config) -> str:
     if cfg.all_people:
         return ("every person trains (--all-people); the 'validation' people below are the fixed split's, "
@@ -370,7 +378,7 @@ def train(cfg: Config) -> dict:
         "config": dataclasses.asdict(cfg),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "command": "python train/run.py " + " ".join(sys.argv[1:]),
+        "command": command_line(),
         "history": history,
     }
     if exported.flip:
