@@ -35,3 +35,21 @@ def test_runs_of_different_splits_are_refused(tmp_path, capsys):
     assert main([str(tmp_path / "a"), str(tmp_path / "b")]) == 2
     assert "not the same split" in capsys.readouterr().err
     assert main([str(tmp_path / "a"), str(tmp_path / "empty")]) == 2
+
+
+def test_a_plus_between_runs_scores_their_ensemble_on_the_folds_they_share(tmp_path):
+    rng = np.random.default_rng(1)
+    people = np.repeat([f"p{k}" for k in range(20)], 5)
+    truth = rng.uniform(20, 76, size=(100, 15, 2))
+    error = rng.normal(0, 1.0, size=truth.shape)
+    for fold in (0, 1):
+        _fold(tmp_path / "a", fold, people, truth, truth + error)
+        _fold(tmp_path / "b", fold, people, truth, truth - 0.5 * error)
+    _fold(tmp_path / "c", 0, people, truth, truth + 2 * error)
+    both = compare(tmp_path / "a", f"{tmp_path / 'a'}+{tmp_path / 'b'}")
+    assert both["folds"] == [0, 1] and abs(both["ratio"] / 16 - 1) < 1e-5  # the average error is a quarter of A's
+    three = compare(tmp_path / "a", f"{tmp_path / 'a'}+{tmp_path / 'b'}+{tmp_path / 'c'}")
+    assert three["folds"] == [0]  # only the fold every run has
+    assert abs(three["ratio"] / (3 / 2.5) ** 2 - 1) < 1e-5  # (1 - 0.5 + 2) / 3 of A's error
+    _fold(tmp_path / "d", 0, people[::-1], truth, truth)
+    assert main([str(tmp_path / "a"), f"{tmp_path / 'a'}+{tmp_path / 'd'}"]) == 2

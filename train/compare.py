@@ -1,6 +1,11 @@
 """Compare two recipes on the same people: the paired difference of two train/cv.py runs.
 
     python train/compare.py runs/cv-m1e60 runs/cv-m1e60-reg
+    python train/compare.py runs/cv-m1e60-reg runs/cv-m1e60-reg+runs/cv-m1e60   # B: the two networks together
+
+A run written as `DIR1+DIR2` is the ensemble of those runs, each face's keypoints averaged over
+them as one model with both networks answers (train/model.py averages its members), so whether a
+second network pays can be measured before training a model that holds two.
 
 Two recipes scored on the same people differ far less than either's score moves with which
 people it holds (±10 % between folds): resampling the people once for both recipes (a paired
@@ -34,6 +39,25 @@ def load_folds(cv_dir: Path) -> dict[int, dict[str, np.ndarray]]:
     return found
 
 
+def _check_same_faces(a: dict[str, np.ndarray], b: dict[str, np.ndarray], fold: int, name_a: str, name_b: str) -> None:
+    if not (np.array_equal(a["people"], b["people"]) and np.allclose(a["truth"], b["truth"])):
+        raise ValueError(f"fold {fold} holds different faces in {name_a} and {name_b}: not the same split")
+
+
+def load_run(spec: str) -> dict[int, dict[str, np.ndarray]]:
+    """A run's folds; `DIR1+DIR2` averages the runs' keypoints on the folds they all have (an ensemble)."""
+    runs = [load_folds(Path(part)) for part in spec.split("+")]
+    if len(runs) == 1:
+        return runs[0]
+    first, parts = runs[0], spec.split("+")
+    averaged = {}
+    for fold in sorted(set.intersection(*(set(run) for run in runs))):
+        for run, part in zip(runs[1:], parts[1:], strict=True):
+            _check_same_faces(first[fold], run[fold], fold, parts[0], part)
+        averaged[fold] = dict(first[fold], pred=np.mean([run[fold]["pred"] for run in runs], axis=0))
+    return averaged
+
+
 def paired_ratio(mse_a: np.ndarray, mse_b: np.ndarray, people: np.ndarray, rounds: int = 2000,
                  seed: int = 0) -> tuple[float, float, float]:
     """Pooled score of B over that of A on the same faces, and its 95 % interval over people."""
@@ -45,16 +69,15 @@ def paired_ratio(mse_a: np.ndarray, mse_b: np.ndarray, people: np.ndarray, round
     return float(mse_a.sum() / mse_b.sum()), float(low), float(high)
 
 
-def compare(dir_a: Path, dir_b: Path) -> dict:
-    folds_a, folds_b = load_folds(dir_a), load_folds(dir_b)
+def compare(dir_a: str | Path, dir_b: str | Path) -> dict:
+    folds_a, folds_b = load_run(str(dir_a)), load_run(str(dir_b))
     common = sorted(set(folds_a) & set(folds_b))
     if not common:
         raise ValueError(f"{dir_a} and {dir_b} have no fold in common (folds {sorted(folds_a)} and {sorted(folds_b)})")
     rows, mse_a, mse_b, people = [], [], [], []
     for fold in common:
         a, b = folds_a[fold], folds_b[fold]
-        if not (np.array_equal(a["people"], b["people"]) and np.allclose(a["truth"], b["truth"])):
-            raise ValueError(f"fold {fold} holds different faces in {dir_a} and {dir_b}: not the same split")
+        _check_same_faces(a, b, fold, str(dir_a), str(dir_b))
         rows.append({"fold": fold, "a": metrics.score(a["pred"], a["truth"]),
                      "b": metrics.score(b["pred"], b["truth"])})
         mse_a.append(metrics.per_image_mse(a["pred"], a["truth"]))
@@ -69,8 +92,8 @@ def compare(dir_a: Path, dir_b: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("a", type=Path, help="the reference recipe's train/cv.py --out folder")
-    parser.add_argument("b", type=Path, help="the recipe compared with it")
+    parser.add_argument("a", help="the reference recipe's train/cv.py --out folder (DIR1+DIR2: their ensemble)")
+    parser.add_argument("b", help="the recipe compared with it (DIR1+DIR2: their ensemble)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     try:
