@@ -26,6 +26,8 @@ def test_a_better_recipe_is_better_on_the_same_people_and_its_interval_says_so(t
     low, high = result["ratio_95"]
     assert low < result["ratio"] < high and 1 < low  # paired: every resampling keeps B ahead
     assert compare(tmp_path / "a", tmp_path / "a")["ratio_95"] == [1.0, 1.0]
+    low_b, high_b = result["pooled_b_95"]
+    assert low_b < result["pooled_b"] < high_b and result["pooled_a_95"][1] < high_b  # each score's own, wider interval
 
 
 def test_runs_of_different_splits_are_refused(tmp_path, capsys):

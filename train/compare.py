@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from facekp import metrics  # noqa: E402
-from train.cv import PREDICTIONS  # noqa: E402
+from train.cv import PREDICTIONS, bootstrap_interval  # noqa: E402
 
 
 def load_folds(cv_dir: Path) -> dict[int, dict[str, np.ndarray]]:
@@ -87,6 +87,8 @@ def compare(dir_a: str | Path, dir_b: str | Path) -> dict:
     ratio, low, high = paired_ratio(mse_a, mse_b, people)
     return {"a": str(dir_a), "b": str(dir_b), "folds": common, "people": len(np.unique(people)),
             "faces": len(people), "pooled_a": float(1 / (2 * mse_a.mean())), "pooled_b": float(1 / (2 * mse_b.mean())),
+            "pooled_a_95": list(bootstrap_interval(mse_a, people)),
+            "pooled_b_95": list(bootstrap_interval(mse_b, people)),
             "ratio": ratio, "ratio_95": [low, high], "per_fold": rows}
 
 
@@ -110,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pooled over {result['people']} people, {result['faces']} faces, folds {result['folds']}: "
           f"{result['pooled_a']:.1f} -> {result['pooled_b']:.1f}, B/A {result['ratio']:.3f} "
           f"(95 % paired bootstrap over people {low:.3f} to {high:.3f})")
+    for name in ("a", "b"):
+        low, high = result[f"pooled_{name}_95"]
+        print(f"{name.upper()} alone: {result[f'pooled_{name}']:.1f}, "
+              f"95 % bootstrap over people {low:.1f} to {high:.1f}")
     return 0
 
 
