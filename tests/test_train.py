@@ -12,7 +12,7 @@ from facekp import data as facedata
 from facekp.contract import normalize
 from facekp.data import REPO_ROOT
 from train.model import KeypointNet, ServingModel
-from train.run import _mirror_with_taught, lr_at
+from train.run import _mirror_with_taught, load_teacher, lr_at, parse_args
 
 
 def test_quick_training_writes_a_standalone_torchscript_model(tmp_path, needs_data):
@@ -190,6 +190,19 @@ def test_the_student_learns_the_teachers_answers_not_only_the_labels(tmp_path, f
         pred = torch.jit.load(str(out / "keypoints.pt"))(torch.from_numpy(val.images[:64, None] / 255).float())
     x_offset = float((pred[..., 0] - torch.from_numpy(normalize(val.keypoints[:64]))[..., 0]).nanmean())
     assert x_offset > shift / 2, f"the student sits {x_offset:.3f} right of the labels, the teacher {shift}"
+
+
+def test_a_teacher_of_several_models_answers_their_mean_and_each_must_exist(tmp_path):
+    mean = torch.zeros(15, 2)
+    for name, shift in (("a", 0.3), ("b", -0.1)):
+        torch.jit.script(ShiftedMeanFace(mean + torch.tensor([shift, 0.0]))).save(str(tmp_path / f"{name}.pt"))
+    both = f"{tmp_path / 'a.pt'}+{tmp_path / 'b.pt'}"
+    answer = load_teacher(both).to(memory_format=torch.channels_last)(torch.rand(4, 1, 96, 96))
+    assert torch.allclose(answer[..., 0], torch.full((4, 15), 0.1))  # (0.3 - 0.1) / 2
+    assert torch.allclose(answer[..., 1], torch.zeros(4, 15))
+    assert parse_args(["--members", "0", "--teacher", both]).teacher == both
+    with pytest.raises(SystemExit):
+        parse_args(["--members", "0", "--teacher", f"{tmp_path / 'a.pt'}+{tmp_path / 'missing.pt'}"])
 
 
 def test_shipped_model_is_one_pass_within_the_limits():

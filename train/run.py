@@ -4,6 +4,7 @@
     python train/run.py --quick --out /tmp/m  # a one-minute smoke run
     python train/run.py --no-student --members 2   # export the two networks themselves (four passes per face)
     python train/run.py --teacher model_store/keypoints.pt --members 0   # distil from a model already trained
+    python train/run.py --teacher a/keypoints.pt+b/keypoints.pt --members 0   # from the mean of two models
 
 Every setting lives in Config below; each field is also a command-line flag.
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
@@ -56,7 +58,7 @@ class Config:
     members: int = 2  # networks of the teacher ensemble (or of the exported model with --no-student)
     epochs: int = 50
     student: bool = True  # distil the members (or --teacher) into one network, exported alone: one pass per face
-    teacher: str = ""  # a TorchScript keypoint model to distil from, instead of training members first
+    teacher: str = ""  # a TorchScript keypoint model (A+B: their mean) to distil from instead of training members
     student_epochs: int = 120  # 60 left the student 2.4 % below its teacher; 120 reach it (docs/accuracy.md)
     student_widths: tuple[int, ...] = (16, 32, 96, 192)  # a member's size: one pass at a quarter of the teacher's cost
     student_flip_tta: bool = False  # also average the student with its mirrored pass (two passes per face)
@@ -121,8 +123,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
         parser.error("--members 0 needs --teacher (and the student)")
     if cfg.teacher and not cfg.student:
         parser.error("--teacher is only used by the student")
-    if cfg.teacher and not Path(cfg.teacher).is_file():
-        parser.error(f"--teacher {cfg.teacher}: no such file (a TorchScript model from train/run.py)")
+    for path in cfg.teacher.split("+") if cfg.teacher else []:
+        if not Path(path).is_file():
+            parser.error(f"--teacher {path}: no such file (a TorchScript model from train/run.py)")
     if cfg.teacher_views not in ("live", "cached"):
         parser.error("--teacher-views is live or cached")
     if not 0 <= cfg.distill <= 1:
@@ -181,6 +184,23 @@ def _mirror_with_taught(net: KeypointNet, kp: torch.Tensor) -> torch.Tensor:
     labels, taught = kp[:, :-NUM_KEYPOINTS], kp[:, -NUM_KEYPOINTS:]
     taught_mirrored = net.mirror(torch.cat([taught, labels[:, NUM_KEYPOINTS:]], dim=1))[:, :NUM_KEYPOINTS]
     return torch.cat([net.mirror(labels), taught_mirrored], dim=1)
+
+
+class AveragedModels(nn.Module):
+    """Several exported models answering as one: the mean of their keypoints (as ServingModel averages members)."""
+
+    def __init__(self, models: list[nn.Module]):
+        super().__init__()
+        self.models = nn.ModuleList(models)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([model(x) for model in self.models]).mean(0)
+
+
+def load_teacher(spec: str) -> nn.Module:
+    """`A.pt` or `A.pt+B.pt`: a teacher of several models already trained, without training one that holds them."""
+    models = [torch.jit.load(path, map_location="cpu").eval() for path in spec.split("+")]
+    return models[0] if len(models) == 1 else AveragedModels(models).eval()
 
 
 def train_network(cfg: Config, seed: int, tag: str, epochs: int, x_train: torch.Tensor, y_train: torch.Tensor,
@@ -327,7 +347,7 @@ def train(cfg: Config) -> dict:
     ensemble = ServingModel(nets, cfg.flip_tta).eval() if nets else None
     teacher_card: dict = {}
     if cfg.student:
-        teacher = torch.jit.load(cfg.teacher, map_location="cpu").eval() if cfg.teacher else ensemble
+        teacher = load_teacher(cfg.teacher) if cfg.teacher else ensemble
         teacher = teacher.to(memory_format=torch.channels_last)  # its inputs are channels-last: 1.3x (see above)
         teacher_pred = denormalize(predict(teacher, x_val))
         teacher_card = {"source": cfg.teacher or f"the {len(nets)} members of this run, flip TTA {cfg.flip_tta}",
