@@ -46,10 +46,11 @@ def _check_same_faces(a: dict[str, np.ndarray], b: dict[str, np.ndarray], fold: 
 
 def load_run(spec: str) -> dict[int, dict[str, np.ndarray]]:
     """A run's folds; `DIR1+DIR2` averages the runs' keypoints on the folds they all have (an ensemble)."""
-    runs = [load_folds(Path(part)) for part in spec.split("+")]
+    parts = spec.split("+")
+    runs = [load_folds(Path(part)) for part in parts]
     if len(runs) == 1:
         return runs[0]
-    first, parts = runs[0], spec.split("+")
+    first = runs[0]
     averaged = {}
     for fold in sorted(set.intersection(*(set(run) for run in runs))):
         for run, part in zip(runs[1:], parts[1:], strict=True):

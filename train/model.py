@@ -140,7 +140,8 @@ class ServingModel(nn.Module):
     optionally, over each member's mirrored pass.
 
     The averaging lives inside the TorchScript file, so the served score is the score
-    measured in training. Each member mirrors with its own learned label offsets.
+    measured in training. Each member mirrors with its own learned label offsets. With
+    flip=False the members may also be exported models (a teacher of several, train/run.py).
     """
 
     def __init__(self, nets: KeypointNet | list[KeypointNet], flip: bool = True):

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
@@ -186,21 +185,10 @@ def _mirror_with_taught(net: KeypointNet, kp: torch.Tensor) -> torch.Tensor:
     return torch.cat([net.mirror(labels), taught_mirrored], dim=1)
 
 
-class AveragedModels(nn.Module):
-    """Several exported models answering as one: the mean of their keypoints (as ServingModel averages members)."""
-
-    def __init__(self, models: list[nn.Module]):
-        super().__init__()
-        self.models = nn.ModuleList(models)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([model(x) for model in self.models]).mean(0)
-
-
-def load_teacher(spec: str) -> nn.Module:
+def load_teacher(spec: str) -> torch.nn.Module:
     """`A.pt` or `A.pt+B.pt`: a teacher of several models already trained, without training one that holds them."""
     models = [torch.jit.load(path, map_location="cpu").eval() for path in spec.split("+")]
-    return models[0] if len(models) == 1 else AveragedModels(models).eval()
+    return models[0] if len(models) == 1 else ServingModel(models, flip=False).eval()  # their mean, as of members
 
 
 def train_network(cfg: Config, seed: int, tag: str, epochs: int, x_train: torch.Tensor, y_train: torch.Tensor,
