@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from facekp import data as facedata
-from facekp.contract import normalize
+from facekp.contract import denormalize, normalize
 from facekp.data import REPO_ROOT
 from train.model import KeypointNet, ServingModel
 from train.run import _mirror_with_taught, load_teacher, lr_at, parse_args
@@ -116,23 +116,62 @@ def test_one_cross_validation_fold_validates_its_own_people(tmp_path, faces):
     assert (tmp_path / "figs" / "cv_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_cross_validated_student_distils_from_the_teacher_of_its_own_fold(tmp_path, faces):
-    cv = [sys.executable, str(REPO_ROOT / "train" / "cv.py"), "--folds", "5", "--only", "2"]
-    quick = ["--quick", "--epochs", "1", "--student-epochs", "1"]
-    teachers, students = tmp_path / "teachers", tmp_path / "students"
-    subprocess.run([*cv, "--out", str(teachers), "--", *quick, "--no-student"], check=True, capture_output=True,
-                   timeout=300)
-    result = subprocess.run([*cv, "--out", str(students), "--", *quick, "--members", "0",
-                             "--teacher", str(teachers / "fold_{fold}" / "keypoints.pt")],
-                            capture_output=True, text=True, timeout=300)
+CV_FOLD = ["--folds", "5", "--only", "2"]
+QUICK_CV = ["--quick", "--epochs", "1", "--student-epochs", "1"]
+
+
+def _cv(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO_ROOT / "train" / "cv.py"), *CV_FOLD, *args],
+                          capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def _mirror(source, target, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO_ROOT / "train" / "mirror.py"), str(source), str(target)],
+                          capture_output=True, text=True, timeout=300, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def cv_students(tmp_path_factory, faces):
+    """Fold 2's teacher, then its student distilled from it (quick runs): (teachers, students) run dirs."""
+    root = tmp_path_factory.mktemp("cv")
+    teachers, students = root / "teachers", root / "students"
+    _cv("--out", str(teachers), "--", *QUICK_CV, "--no-student", check=True)
+    result = _cv("--out", str(students), "--", *QUICK_CV, "--members", "0",
+                 "--teacher", str(teachers / "fold_{fold}" / "keypoints.pt"))
     assert result.returncode == 0, result.stderr
+    return teachers, students
+
+
+def test_a_cross_validated_student_distils_from_the_teacher_of_its_own_fold(tmp_path, cv_students):
+    teachers, students = cv_students
     card = json.loads((students / "fold_2" / "model_card.json").read_text())
     assert card["teacher"]["source"] == str(teachers / "fold_2" / "keypoints.pt")
     assert card["data"]["split"].endswith("(fold 2 of 5)")
     assert card["command"].startswith("python train/cv.py --folds 5 --only 2 --out ")  # the command that ran
-    missing = subprocess.run([*cv, "--out", str(tmp_path / "none"), "--", *quick, "--members", "0",
-                              "--teacher", str(tmp_path / "fold_{fold}.pt")], capture_output=True, text=True)
+    missing = _cv("--out", str(tmp_path / "none"), "--", *QUICK_CV, "--members", "0",
+                  "--teacher", str(tmp_path / "fold_{fold}.pt"))
     assert missing.returncode == 2 and "fold_2.pt: no such file" in missing.stderr
+
+
+def test_a_mirrored_student_is_the_same_network_with_its_mirrored_pass(tmp_path, cv_students, faces):
+    teachers, students = cv_students
+    mirrored = tmp_path / "mirrored"
+    _mirror(students, mirrored, check=True)
+    card = json.loads((mirrored / "fold_2" / "model_card.json").read_text())
+    assert card["network_passes_per_face"] == 2 and card["config"]["student_flip_tta"]
+    assert card["validation"]["score_without_flip_tta"] == pytest.approx(
+        json.loads((students / "fold_2" / "model_card.json").read_text())["validation"]["score"])
+    _, val = facedata.split_by_person(faces, fold=2, folds=5)
+    images = torch.from_numpy(val.images[:16]).float().div(255).unsqueeze(1)
+    one_pass = torch.jit.load(str(students / "fold_2" / "keypoints.pt"))
+    two_pass = torch.jit.load(str(mirrored / "fold_2" / "keypoints.pt"))
+    with torch.inference_mode():
+        direct, both = one_pass(images), two_pass(images)
+    saved = np.load(mirrored / "fold_2" / "predictions.npz")
+    assert np.allclose(denormalize(both.numpy()), saved["pred"][:16], atol=1e-3)
+    assert not np.allclose(both, direct, atol=1e-4)  # the mirrored pass changes the answer
+    refused = _mirror(teachers, tmp_path / "t")
+    assert refused.returncode == 2 and "not a one-pass student" in refused.stderr
 
 
 def test_folds_cover_every_person_exactly_once(faces):
