@@ -153,6 +153,15 @@ def test_a_cross_validated_student_distils_from_the_teacher_of_its_own_fold(tmp_
     assert missing.returncode == 2 and "fold_2.pt: no such file" in missing.stderr
 
 
+def test_a_summary_of_the_folds_done_trains_nothing(cv_students):
+    _, students = cv_students
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "cv.py"), "--folds", "5", "--out", str(students),
+                             "--summary"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "folds [2] of 5" in result.stdout
+    assert sorted(path.name for path in students.glob("fold_*")) == ["fold_2"]  # the four missing folds not trained
+
+
 def test_a_mirrored_student_is_the_same_network_with_its_mirrored_pass(tmp_path, cv_students, faces):
     teachers, students = cv_students
     mirrored = tmp_path / "mirrored"

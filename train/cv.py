@@ -5,6 +5,7 @@
     python train/cv.py --folds 5 --out runs/cv-student -- --members 0 --teacher runs/cv-teacher/fold_{fold}/keypoints.pt
     python train/cv.py --folds 5 --out runs/cv-m1e25 -- --no-student --members 1 --epochs 25   # a short proxy
     python train/cv.py --folds 5 --only 0 --out /tmp/cv -- --quick  # one fold (the quick test)
+    python train/cv.py --folds 5 --out runs/cv --summary           # train nothing: pool the folds done so far
     python train/cv.py --folds 5 --out runs/cv-teacher --card model_store/model_card.json -- --no-student
                                      # (folds kept) record the estimate in the card of the model it chose
 
@@ -135,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--only", type=int, nargs="+", default=None, help="run these folds only (0-based)")
     parser.add_argument("--out", type=Path, default=Path("runs/cv"))
+    parser.add_argument("--summary", action="store_true",
+                        help="train nothing: summarize the folds of --out already done (a fold missing is left out)")
     parser.add_argument("--card", type=Path, default=None,
                         help="a model card (model_card.json) to record the pooled estimate in, as 'cross_validation'")
     args = parser.parse_args(own)
@@ -143,8 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--only takes folds 0..{args.folds - 1}, and --folds is at least 2")
     if args.card is not None and not args.card.is_file():
         parser.error(f"--card {args.card}: no such file")
+    if args.summary:
+        files = [args.out / f"fold_{k}" / PREDICTIONS for k in folds if (args.out / f"fold_{k}" / PREDICTIONS).exists()]
+        if not files:
+            parser.error(f"--summary: {args.out} has no fold done (fold_k/{PREDICTIONS})")
     try:
-        files = [run_fold(k, args.folds, args.out, train_args) for k in folds]
+        files = files if args.summary else [run_fold(k, args.folds, args.out, train_args) for k in folds]
     except facedata.DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

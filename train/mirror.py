@@ -1,7 +1,7 @@
 """Give one-pass students already trained their mirrored pass: the models `--student-flip-tta` exports.
 
     python train/mirror.py runs/cv-student-reg runs/cv-student-reg-mirrored   # every fold of a train/cv.py run
-    python train/cv.py --folds 5 --out runs/cv-student-reg-mirrored          # its pooled estimate (folds are kept)
+    python train/cv.py --folds 5 --out runs/cv-student-reg-mirrored --summary   # its pooled estimate
 
 `--student-flip-tta` changes only what a student exports and the score it prints, not its training, so a
 one-pass student's file already holds the weights of the two-pass model. This rebuilds the network from them,
