@@ -147,14 +147,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.card is not None and not args.card.is_file():
         parser.error(f"--card {args.card}: no such file")
     if args.summary:
-        files = [args.out / f"fold_{k}" / PREDICTIONS for k in folds if (args.out / f"fold_{k}" / PREDICTIONS).exists()]
+        files = [path for k in folds if (path := args.out / f"fold_{k}" / PREDICTIONS).exists()]
         if not files:
             parser.error(f"--summary: {args.out} has no fold done (fold_k/{PREDICTIONS})")
-    try:
-        files = files if args.summary else [run_fold(k, args.folds, args.out, train_args) for k in folds]
-    except facedata.DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    else:
+        try:
+            files = [run_fold(k, args.folds, args.out, train_args) for k in folds]
+        except facedata.DataError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     summary = summarize(files, args.folds)
     summary["train_args"] = train_args
     (args.out / "cv.json").write_text(json.dumps(summary, indent=2) + "\n")
