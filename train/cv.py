@@ -38,6 +38,12 @@ from train import run  # noqa: E402
 PREDICTIONS = "predictions.npz"
 
 
+def fold_people(data: str, fold: int, folds: int) -> tuple[facedata.FaceData, torch.Tensor]:
+    """A fold's validation faces, and their images as a model takes them."""
+    _, val = facedata.split_by_person(facedata.load(data or None), fold, folds)
+    return val, run.to_tensors(val)[0]
+
+
 def run_fold(fold: int, folds: int, out: Path, train_args: list[str]) -> Path:
     """Train one fold (unless already done) and save its validation predictions; returns the file."""
     fold_dir = out / f"fold_{fold}"
@@ -49,10 +55,8 @@ def run_fold(fold: int, folds: int, out: Path, train_args: list[str]) -> Path:
     cfg = run.parse_args([*fold_args, "--fold", str(fold), "--folds", str(folds), "--out", str(fold_dir)])
     print(f"fold {fold}/{folds}: training", flush=True)
     card = run.train(cfg)
-    _, val = facedata.split_by_person(facedata.load(cfg.data or None), fold, folds)
-    model = torch.jit.load(str(fold_dir / run.MODEL_FILE))
-    x_val, _ = run.to_tensors(val)
-    pred = denormalize(run.predict(model, x_val))
+    val, images = fold_people(cfg.data, fold, folds)
+    pred = denormalize(run.predict(torch.jit.load(str(fold_dir / run.MODEL_FILE)), images))
     np.savez(done, pred=pred, truth=val.keypoints, people=val.people, minutes=card["training_minutes"])
     return done
 

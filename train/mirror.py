@@ -21,11 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from facekp import data as facedata  # noqa: E402
 from facekp import metrics  # noqa: E402
-from facekp.contract import IMAGE_SIZE, NUM_KEYPOINTS, denormalize  # noqa: E402
+from facekp.contract import NUM_KEYPOINTS, denormalize  # noqa: E402
 from train import run  # noqa: E402
-from train.cv import PREDICTIONS  # noqa: E402
+from train.cv import PREDICTIONS, fold_people  # noqa: E402
 from train.model import KeypointNet, ServingModel  # noqa: E402
 
 NET_PREFIX = "nets.0."  # the one network inside an exported one-pass ServingModel
@@ -51,8 +50,7 @@ def mirror_fold(source: Path, target: Path) -> dict:
         raise ValueError(f"{source} is not a one-pass student (--members 0): nothing to mirror")
     config = card["config"]
     net = student_network(source / run.MODEL_FILE, config)
-    _, val = facedata.split_by_person(facedata.load(config["data"] or None), config["fold"], config["folds"])
-    images, _ = run.to_tensors(val)
+    val, images = fold_people(config["data"], config["fold"], config["folds"])
     one_pass = denormalize(run.predict(ServingModel(net, flip=False), images))
     saved = np.load(source / PREDICTIONS)
     if not np.allclose(one_pass, saved["pred"], atol=1e-3):  # px; the rebuilt network must be the trained one
@@ -60,7 +58,7 @@ def mirror_fold(source: Path, target: Path) -> dict:
     model = ServingModel(net, flip=True).eval()
     pred = denormalize(run.predict(model, images))
     target.mkdir(parents=True, exist_ok=True)
-    torch.jit.trace(model, torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE)).save(str(target / run.MODEL_FILE))
+    run.export(model, target / run.MODEL_FILE)
     np.savez(target / PREDICTIONS, pred=pred, truth=saved["truth"], people=saved["people"], minutes=saved["minutes"])
     card["network_passes_per_face"] = 2
     card["config"]["student_flip_tta"] = True

@@ -267,6 +267,11 @@ def train_network(cfg: Config, seed: int, tag: str, epochs: int, x_train: torch.
     return ema.module.to(memory_format=torch.contiguous_format).eval(), history  # exported as before
 
 
+def export(model: torch.nn.Module, path: Path) -> None:
+    """TorchScript by tracing: ServingModel's forward has no data-dependent branch (batch size stays free)."""
+    torch.jit.trace(model, torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE)).save(str(path))
+
+
 def command_line() -> str:
     """The command that ran, as typed from the repository root: train/run.py itself or train/cv.py around it."""
     script = Path(sys.argv[0]).resolve()
@@ -354,8 +359,7 @@ def train(cfg: Config) -> dict:
     pred = denormalize(predict(exported, x_val))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    scripted = torch.jit.trace(exported, torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE))
-    scripted.save(str(out / MODEL_FILE))
+    export(exported, out / MODEL_FILE)
     exported_nets = list(exported.nets)
     card = {
         "model_file": MODEL_FILE,
