@@ -1,7 +1,10 @@
 """train/compare.py: two cross-validation runs compared on the same people."""
 
+import json
+
 import numpy as np
 
+from train import cv
 from train.compare import compare, main
 
 
@@ -55,3 +58,20 @@ def test_a_plus_between_runs_scores_their_ensemble_on_the_folds_they_share(tmp_p
     assert abs(three["ratio"] / (3 / 2.5) ** 2 - 1) < 1e-5  # (1 - 0.5 + 2) / 3 of A's error
     _fold(tmp_path / "d", 0, people[::-1], truth, truth)
     assert main([str(tmp_path / "a"), f"{tmp_path / 'a'}+{tmp_path / 'd'}"]) == 2
+
+
+def test_an_ensemble_saved_as_a_run_is_summarized_by_cv_like_any_run(tmp_path):
+    rng = np.random.default_rng(2)
+    people = np.repeat([f"p{k}" for k in range(10)], 4)
+    truth = rng.uniform(20, 76, size=(40, 15, 2))
+    error = rng.normal(0, 1.0, size=truth.shape)
+    for fold in (0, 1):
+        _fold(tmp_path / "a", fold, people, truth, truth + error)
+        _fold(tmp_path / "b", fold, people, truth, truth + 3 * error)
+    both = f"{tmp_path / 'a'}+{tmp_path / 'b'}"
+    assert main([str(tmp_path / "a"), both, "--save", str(tmp_path / "ab")]) == 0
+    assert cv.main(["--folds", "2", "--out", str(tmp_path / "ab"), "--summary"]) == 0
+    summary = json.loads((tmp_path / "ab" / "cv.json").read_text())
+    assert abs(summary["pooled_score"] / compare(tmp_path / "a", both)["pooled_b"] - 1) < 1e-9
+    assert abs(summary["pooled_score"] * 2 * np.mean((2 * error / 48) ** 2) - 1) < 1e-9  # the two errors averaged
+    assert summary["training_minutes"] == [2.0, 2.0]  # the networks trained one after another

@@ -2,6 +2,7 @@
 
     python train/compare.py runs/cv-m1e60 runs/cv-m1e60-reg
     python train/compare.py runs/cv-m1e60-reg runs/cv-m1e60-reg+runs/cv-m1e60   # B: the two networks together
+    python train/compare.py A A+B --save runs/cv-pair   # also write B as a cv run (then cv.py --summary --card)
 
 A run written as `DIR1+DIR2` is the ensemble of those runs, each face's keypoints averaged over
 them as one model with both networks answers (train/model.py averages its members), so whether a
@@ -35,7 +36,7 @@ def load_folds(cv_dir: Path) -> dict[int, dict[str, np.ndarray]]:
     found = {}
     for path in sorted(cv_dir.glob(f"fold_*/{PREDICTIONS}")):
         with np.load(path) as saved:
-            found[int(path.parent.name.split("_")[1])] = {key: saved[key] for key in ("pred", "truth", "people")}
+            found[int(path.parent.name.split("_")[1])] = {key: saved[key] for key in saved.files}
     return found
 
 
@@ -55,8 +56,16 @@ def load_run(spec: str) -> dict[int, dict[str, np.ndarray]]:
     for fold in sorted(set.intersection(*(set(run) for run in runs))):
         for run, part in zip(runs[1:], parts[1:], strict=True):
             _check_same_faces(first[fold], run[fold], fold, parts[0], part)
-        averaged[fold] = dict(first[fold], pred=np.mean([run[fold]["pred"] for run in runs], axis=0))
+        averaged[fold] = dict(first[fold], pred=np.mean([run[fold]["pred"] for run in runs], axis=0),
+                              minutes=sum(float(run[fold]["minutes"]) for run in runs))  # trained one after another
     return averaged
+
+
+def save_run(folds: dict[int, dict[str, np.ndarray]], out: Path) -> None:
+    """Write folds as a train/cv.py run of their own, e.g. an ensemble, for cv.py --summary and --card."""
+    for fold, saved in folds.items():
+        (out / f"fold_{fold}").mkdir(parents=True, exist_ok=True)
+        np.savez(out / f"fold_{fold}" / PREDICTIONS, **saved)
 
 
 def paired_ratio(mse_a: np.ndarray, mse_b: np.ndarray, people: np.ndarray, rounds: int = 2000,
@@ -98,12 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("a", help="the reference recipe's train/cv.py --out folder (DIR1+DIR2: their ensemble)")
     parser.add_argument("b", help="the recipe compared with it (DIR1+DIR2: their ensemble)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--save", type=Path, default=None,
+                        help="also write B's folds (an ensemble: its averaged keypoints) as a train/cv.py run there")
     args = parser.parse_args(argv)
     try:
         result = compare(args.a, args.b)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.save is not None:
+        save_run(load_run(args.b), args.save)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
