@@ -64,7 +64,7 @@ class Config:
     all_people: bool = True  # train on every person (the shipped model); validation people are then seen
     members: int = 0  # networks trained as the teacher (or exported, --no-student); 0: the student of --teacher
     epochs: int = 50
-    student: bool = True  # distil the members (or --teacher) into one network, exported alone: one pass per face
+    student: bool = True  # distil the members (or --teacher) into one network, exported alone (with its mirror)
     teacher: str = ""  # a TorchScript keypoint model (A+B: their mean) to distil from; with --members 0 and
     # none given, the committed teachers (train/teachers/long.pt+short.pt)
     student_epochs: int = 120  # 60 left the student 2.4 % below its teacher; 120 reach it (docs/accuracy.md)
