@@ -15,7 +15,16 @@ from facekp import metrics
 from facekp.contract import denormalize, normalize
 from facekp.data import REPO_ROOT
 from train.model import KeypointNet, ServingModel
-from train.run import COMMITTED_TEACHERS, _mirror_with_taught, load_teacher, lr_at, parse_args, predict, to_tensors
+from train.run import (
+    COMMITTED_TEACHERS,
+    _mirror_with_taught,
+    exported_networks,
+    load_teacher,
+    lr_at,
+    parse_args,
+    predict,
+    to_tensors,
+)
 
 
 def test_quick_training_writes_a_standalone_torchscript_model(tmp_path, needs_data):
@@ -35,6 +44,8 @@ def test_quick_training_writes_a_standalone_torchscript_model(tmp_path, needs_da
     assert "[member 1/1] epoch   3/3" in result.stdout and "[student] epoch   3/3" in result.stdout
     assert card["network_passes_per_face"] == 2 and card["teacher"]["validation_score"] > 0
     assert not card["validation"]["seen_in_training"]  # --quick validates on the split's held-out people
+    nets, mirrored = exported_networks(out / "keypoints.pt")  # what a later student's teacher is rebuilt from
+    assert len(nets) == 1 and mirrored and nets[0].label_offset.shape == (15, 2)  # --quick trains without aux68
 
     # Loadable without the project's code: a fresh interpreter outside the repository.
     probe = ("import torch,sys; m=torch.jit.load(sys.argv[1]); "
@@ -277,6 +288,26 @@ def test_a_teacher_of_several_models_answers_their_mean_and_each_must_exist(tmp_
     assert parse_args(["--members", "0", "--teacher", both]).teacher == both
     with pytest.raises(SystemExit):
         parse_args(["--members", "0", "--teacher", f"{tmp_path / 'a.pt'}+{tmp_path / 'missing.pt'}"])
+    with pytest.raises(SystemExit):  # without a card there are no networks to run without their mirrored pass
+        parse_args(["--members", "0", "--teacher", both, "--no-teacher-flip"])
+
+
+def test_a_teacher_without_its_mirrored_pass_runs_each_network_once_on_each_view():
+    spec = "+".join(str(path) for path in COMMITTED_TEACHERS)
+    images = torch.rand(4, 1, 96, 96)
+    traced = ServingModel([torch.jit.load(str(path)) for path in COMMITTED_TEACHERS], flip=False)
+    for flip, rows in ((True, 8), (False, 4)):
+        teacher = load_teacher(spec, flip)
+        seen: list[int] = []
+        nets = [module for module in teacher.modules() if isinstance(module, KeypointNet)]
+        for net in nets:
+            net.register_forward_hook(lambda module, args, out, seen=seen: seen.append(args[0].shape[0]))
+        with torch.no_grad():
+            answer = teacher(images)
+        assert seen == [rows] * len(COMMITTED_TEACHERS)  # each file's one network: the view, and its mirror if flip
+        with torch.no_grad():
+            same_as_files = torch.allclose(answer, traced(images), atol=1e-5)
+        assert same_as_files == flip  # rebuilt from their cards, the mirrored teacher is the files themselves
 
 
 def test_shipped_model_is_one_network_with_its_mirrored_pass_within_the_limits():

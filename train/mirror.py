@@ -17,30 +17,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from facekp import metrics  # noqa: E402
-from facekp.contract import NUM_KEYPOINTS, denormalize  # noqa: E402
+from facekp.contract import denormalize  # noqa: E402
 from train import run  # noqa: E402
 from train.cv import PREDICTIONS, fold_people  # noqa: E402
-from train.model import KeypointNet, ServingModel  # noqa: E402
-
-NET_PREFIX = "nets.0."  # the one network inside an exported one-pass ServingModel
-
-
-def student_network(model_file: Path, config: dict) -> KeypointNet:
-    """The network inside an exported one-pass student, rebuilt with the widths its card records."""
-    weights = torch.jit.load(str(model_file), map_location="cpu").state_dict()
-    if any(key.startswith("nets.1.") for key in weights):
-        raise ValueError(f"{model_file} holds several networks: only a one-pass student can be mirrored")
-    weights = {key[len(NET_PREFIX):]: value for key, value in weights.items() if key.startswith(NET_PREFIX)}
-    net = KeypointNet(tuple(config["student_widths"]), tuple(config["blocks"]), config["head"],
-                      extra_points=weights["label_offset"].shape[0] - NUM_KEYPOINTS,
-                      head_width=config["head_width"], heatmap_size=config["heatmap_size"])
-    net.load_state_dict(weights)
-    return net.eval()
+from train.model import ServingModel  # noqa: E402
 
 
 def mirror_fold(source: Path, target: Path) -> dict:
@@ -49,7 +33,7 @@ def mirror_fold(source: Path, target: Path) -> dict:
     if card["network_passes_per_face"] != 1 or card["members"] != 0:
         raise ValueError(f"{source} is not a one-pass student (--members 0): nothing to mirror")
     config = card["config"]
-    net = student_network(source / run.MODEL_FILE, config)
+    (net,), _ = run.exported_networks(source / run.MODEL_FILE)  # a student: one network, checked against the file
     val, images = fold_people(config["data"], config["fold"], config["folds"])
     one_pass = denormalize(run.predict(ServingModel(net, flip=False), images))
     saved = np.load(source / PREDICTIONS)

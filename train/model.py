@@ -161,5 +161,21 @@ class ServingModel(nn.Module):
         return torch.stack(members).mean(0)
 
 
+def networks_from_weights(weights: dict[str, torch.Tensor], widths: tuple[int, ...], blocks: tuple[int, ...],
+                          head: str, head_width: int, heatmap_size: int) -> list[KeypointNet]:
+    """The networks of an exported ServingModel rebuilt as modules from its state_dict: unlike the traced
+    file they can be mirrored on their own and run without its mirrored pass, and they run faster."""
+    count = 1 + max((int(key.split(".")[1]) for key in weights if key.startswith("nets.")), default=-1)
+    nets = []
+    for k in range(count):
+        prefix = f"nets.{k}."
+        own = {key[len(prefix):]: value for key, value in weights.items() if key.startswith(prefix)}
+        net = KeypointNet(widths, blocks, head, extra_points=own["label_offset"].shape[0] - NUM_KEYPOINTS,
+                          head_width=head_width, heatmap_size=heatmap_size)
+        net.load_state_dict(own)
+        nets.append(net.eval())
+    return nets
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -44,7 +44,7 @@ from facekp.data import REPO_ROOT  # noqa: E402
 from handler.inference import autocast, choose_precision  # noqa: E402
 from loadtest.report import machine  # noqa: E402
 from train.augment import AugmentConfig, augment  # noqa: E402
-from train.model import KeypointNet, ServingModel, count_parameters  # noqa: E402
+from train.model import KeypointNet, ServingModel, count_parameters, networks_from_weights  # noqa: E402
 
 MODEL_FILE = "keypoints.pt"
 CARD_FILE = "model_card.json"
@@ -70,6 +70,7 @@ class Config:
     student_epochs: int = 120  # 60 left the student 2.4 % below its teacher; 120 reach it (docs/accuracy.md)
     student_widths: tuple[int, ...] = (16, 32, 96, 192)  # a member's size: one pass at a quarter of the teacher's cost
     student_flip_tta: bool = True  # also average the student with its mirrored pass (two passes per face)
+    teacher_flip: bool = True  # the teacher answers each view with its mirrored pass too (twice its cost)
     distill: float = 0.5  # weight of the teacher's keypoints against the labels in the student's loss
     # live: the teacher answers every augmented view | cached: once per face, its answer moved with each
     # view's geometry (the student's epoch 25 % faster, 1.2 % lower on fold 0: docs/accuracy.md)
@@ -144,6 +145,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
     for path in cfg.teacher.split("+") if cfg.teacher else []:
         if not Path(path).is_file():
             parser.error(f"--teacher {path}: no such file (a TorchScript model from train/run.py)")
+        if not cfg.teacher_flip and card_beside(Path(path)) is None:
+            parser.error(f"--no-teacher-flip: --teacher {path} has no model card beside it to rebuild it from")
     if cfg.teacher_views not in ("live", "cached"):
         parser.error("--teacher-views is live or cached")
     if not 0 <= cfg.distill <= 1:
@@ -204,9 +207,47 @@ def _mirror_with_taught(net: KeypointNet, kp: torch.Tensor) -> torch.Tensor:
     return torch.cat([net.mirror(labels), taught_mirrored], dim=1)
 
 
-def load_teacher(spec: str) -> torch.nn.Module:
-    """`A.pt` or `A.pt+B.pt`: a teacher of several models already trained, without training one that holds them."""
-    models = [torch.jit.load(path, map_location="cpu").eval() for path in spec.split("+")]
+def card_beside(model_file: Path) -> Path | None:
+    """The card of a model this script exported: X.json beside X.pt (train/teachers/), else model_card.json."""
+    for card_file in (model_file.with_suffix(".json"), model_file.parent / CARD_FILE):
+        if card_file.is_file():
+            return card_file
+    return None
+
+
+def exported_networks(model_file: Path) -> tuple[list[KeypointNet], bool] | None:
+    """The networks inside a model this script exported and whether it mirrors them, rebuilt with the
+    widths its card records; None for a file without a card."""
+    card_file = card_beside(model_file)
+    if card_file is None:
+        return None
+    card = json.loads(card_file.read_text())
+    config = card["config"]
+    traced = torch.jit.load(str(model_file), map_location="cpu").eval()
+    widths = config["student_widths"] if config["student"] else config["widths"]
+    nets = networks_from_weights(traced.state_dict(), tuple(widths), tuple(config["blocks"]), config["head"],
+                                 config["head_width"], config["heatmap_size"])
+    flip = card["network_passes_per_face"] == 2 * len(nets)
+    probe = torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.inference_mode():
+        if not torch.allclose(ServingModel(nets, flip).eval()(probe), traced(probe), atol=1e-5):
+            raise ValueError(f"{card_file} does not describe {model_file}: the rebuilt networks answer differently")
+    return nets, flip
+
+
+def load_teacher(spec: str, flip: bool = True) -> torch.nn.Module:
+    """`A.pt` or `A.pt+B.pt`: a teacher of several models already trained (their mean), without training one.
+
+    Each file's networks are rebuilt from its card where it has one: they run faster than the traced file,
+    and flip=False drops their mirrored pass (--no-teacher-flip). A file without a card runs as it is.
+    """
+    models: list[torch.nn.Module] = []
+    for path in spec.split("+"):
+        rebuilt = exported_networks(Path(path))
+        if rebuilt is None and not flip:
+            raise ValueError(f"{path} has no model card beside it: its mirrored pass cannot be dropped")
+        models.append(torch.jit.load(path, map_location="cpu").eval() if rebuilt is None
+                      else ServingModel(rebuilt[0], flip and rebuilt[1]).eval())
     return models[0] if len(models) == 1 else ServingModel(models, flip=False).eval()  # their mean, as of members
 
 
@@ -359,10 +400,13 @@ def train(cfg: Config) -> dict:
     ensemble = ServingModel(nets, cfg.flip_tta).eval() if nets else None
     teacher_card: dict = {}
     if cfg.student:
-        teacher = load_teacher(cfg.teacher) if cfg.teacher else ensemble
+        if cfg.teacher:
+            teacher = load_teacher(cfg.teacher, cfg.teacher_flip)
+        else:  # the members of this run
+            teacher = ServingModel(nets, cfg.teacher_flip).eval()
         teacher = teacher.to(memory_format=torch.channels_last)  # its inputs are channels-last: 1.3x (see above)
         teacher_pred = denormalize(predict(teacher, x_val))
-        teacher_card = {"source": cfg.teacher or f"the {len(nets)} members of this run, flip TTA {cfg.flip_tta}",
+        teacher_card = {"source": cfg.teacher or f"the {len(nets)} members of this run, mirrored {cfg.teacher_flip}",
                         "validation_score": metrics.score(teacher_pred, val_faces.keypoints),
                         "validation_rmse_px": metrics.rmse_px(teacher_pred, val_faces.keypoints)}
         print(f"teacher: {teacher_card['source']}: validation score {teacher_card['validation_score']:.1f}",
