@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from facekp.data import REPO_ROOT
+from facekp.machine import machine
 from facekp.server import MODEL_FILE
 from handler.inference import choose_precision
 from loadtest import photo_bench, report
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     report.write_csv(rows, args.out / "bench.csv")
     report.plot(rows, args.out / "bench.png")
     wall = time.perf_counter() - started
-    meta = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": report.machine(), "cores": cores,
+    meta = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(), "cores": cores,
             "threads": cores, "ceiling": best_ceiling, "mix": describe(uploads),
             "model": f"{MODEL_FILE.relative_to(REPO_ROOT)}, sha256 {digest}, {precision} and frozen (as served)",
             "window": f"{args.warmup:g} s warm-up + {args.duration:g} s measured per point",

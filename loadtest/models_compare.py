@@ -31,6 +31,7 @@ from facekp import data as facedata
 from facekp import metrics
 from facekp.contract import denormalize
 from facekp.data import REPO_ROOT
+from facekp.machine import machine
 from facekp.server import MODEL_FILE
 from handler.inference import choose_precision, model_runner
 from handler.processing import decode_image, to_model_input
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 service.stop()
             rows.append(row)
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": report.machine(),
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
             "threads": cores, "mix": describe(uploads), "concurrency": concurrency,
             "command": "python -m loadtest.models_compare " + " ".join(argv if argv is not None else sys.argv[1:]),
             "peak_fp32": matmul_peak_gflops(torch.float32), "peak_bf16": matmul_peak_gflops(torch.bfloat16)}

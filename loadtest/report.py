@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import csv
-import os
-import platform
 from pathlib import Path
-
-import torch
 
 BEGIN, END = "<!-- bench:begin (written by `make bench`) -->", "<!-- bench:end -->"
 CONCURRENCIES = (1, 4, 16, 64)
@@ -151,16 +147,3 @@ def update_doc(block: str, doc: Path, begin: str = BEGIN, end: str = END) -> Non
     head, rest = text.split(begin, 1)
     tail = rest.split(end, 1)[1]
     doc.write_text(head + block + tail)
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = "no GPU" if not torch.cuda.is_available() else torch.cuda.get_device_name(0)
-    return f"{os.cpu_count()} CPU cores ({model}), {gpu}, torch {torch.__version__}"

@@ -41,8 +41,8 @@ from facekp.contract import (  # noqa: E402
     normalize,
 )
 from facekp.data import REPO_ROOT  # noqa: E402
+from facekp.machine import machine  # noqa: E402
 from handler.inference import autocast, choose_precision  # noqa: E402
-from loadtest.report import machine  # noqa: E402
 from train.augment import AugmentConfig, augment  # noqa: E402
 from train.model import KeypointNet, ServingModel, count_parameters, networks_from_weights  # noqa: E402
 
