@@ -1,0 +1,88 @@
+"""Where a student's training step goes: augmentation, the teacher's answer, the student's own step.
+
+    python train/step_cost.py                      # the default run's teacher (train/teachers/long.pt+short.pt)
+    python train/step_cost.py --teacher A.pt+B.pt  # another teacher
+
+A benchmark, not a test: it times one batch of random faces for each part, on this machine, in the
+precision training picks here. Run it with nothing else training; docs/accuracy.md has its output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from facekp.contract import IMAGE_SIZE, NUM_KEYPOINTS  # noqa: E402
+from facekp.machine import machine  # noqa: E402
+from handler.inference import autocast, choose_precision  # noqa: E402
+from train import run  # noqa: E402
+from train.augment import augment  # noqa: E402
+from train.model import ServingModel  # noqa: E402
+
+
+def milliseconds(step: Callable[[], object], repeats: int) -> float:
+    """Median wall time of one call after warm-up (the traced file's first calls profile its graph)."""
+    for _ in range(5):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return 1000 * sorted(times)[len(times) // 2]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", default="+".join(os.path.relpath(path) for path in run.COMMITTED_TEACHERS))
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args(argv)
+    cfg = run.Config()
+    precision = choose_precision(cfg.precision, torch.device("cpu"))
+    torch.manual_seed(0)
+    images = torch.rand(cfg.batch_size, 1, IMAGE_SIZE, IMAGE_SIZE).contiguous(memory_format=torch.channels_last)
+    targets = torch.rand(cfg.batch_size, NUM_KEYPOINTS + 68, 2) - 0.5
+    student = run.build_net(cfg, use_aux=True, student=True).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(0)
+
+    def answer(teacher: torch.nn.Module) -> Callable[[], object]:
+        def step() -> torch.Tensor:
+            with torch.no_grad(), autocast(precision):
+                return teacher(images).float()
+        return step
+
+    def student_step() -> None:
+        with autocast(precision):
+            loss = student(images).float().abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    traced = ServingModel([torch.jit.load(path).eval() for path in args.teacher.split("+")], flip=False).eval()
+    parts = [
+        ("augmentation", lambda: augment(images, targets, cfg.augment, gen, student.mirror)),
+        ("teacher, the traced files (mirrored)", answer(traced.to(memory_format=torch.channels_last))),
+        ("teacher, rebuilt from their cards (mirrored)",
+         answer(run.load_teacher(args.teacher).to(memory_format=torch.channels_last))),
+        ("teacher, rebuilt, without the mirrored pass (--no-teacher-flip)",
+         answer(run.load_teacher(args.teacher, flip=False).to(memory_format=torch.channels_last))),
+        ("student: forward, backward, AdamW", student_step),
+    ]
+    print(f"{machine()}, {precision}, {torch.get_num_threads()} threads, batch {cfg.batch_size}; "
+          f"teacher {args.teacher}", flush=True)
+    for name, step in parts:
+        print(f"{milliseconds(step, args.repeats):7.1f} ms  {name}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
