@@ -238,16 +238,18 @@ def exported_networks(model_file: Path) -> tuple[list[KeypointNet], bool] | None
 def load_teacher(spec: str, flip: bool = True) -> torch.nn.Module:
     """`A.pt` or `A.pt+B.pt`: a teacher of several models already trained (their mean), without training one.
 
-    Each file's networks are rebuilt from its card where it has one: they run faster than the traced file,
-    and flip=False drops their mirrored pass (--no-teacher-flip). A file without a card runs as it is.
+    flip=False (--no-teacher-flip) runs each file's networks without their mirrored pass: they are rebuilt
+    from the file's card, as the traced file cannot leave it out. Otherwise the files run as they are.
     """
     models: list[torch.nn.Module] = []
     for path in spec.split("+"):
+        if flip:
+            models.append(torch.jit.load(path, map_location="cpu").eval())
+            continue
         rebuilt = exported_networks(Path(path))
-        if rebuilt is None and not flip:
+        if rebuilt is None:
             raise ValueError(f"{path} has no model card beside it: its mirrored pass cannot be dropped")
-        models.append(torch.jit.load(path, map_location="cpu").eval() if rebuilt is None
-                      else ServingModel(rebuilt[0], flip and rebuilt[1]).eval())
+        models.append(ServingModel(rebuilt[0], flip=False).eval())
     return models[0] if len(models) == 1 else ServingModel(models, flip=False).eval()  # their mean, as of members
 
 

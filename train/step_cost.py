@@ -40,11 +40,20 @@ def milliseconds(step: Callable[[], object], repeats: int) -> float:
     return 1000 * sorted(times)[len(times) // 2]
 
 
+def rebuilt(spec: str) -> torch.nn.Module:
+    """The teacher's networks rebuilt as modules, with their mirrored pass: the traced files' arithmetic."""
+    files = [run.exported_networks(Path(path)) for path in spec.split("+")]
+    return ServingModel([ServingModel(nets, mirrored) for nets, mirrored in files], flip=False).eval()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default="+".join(os.path.relpath(path) for path in run.COMMITTED_TEACHERS))
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args(argv)
+    for path in args.teacher.split("+"):
+        if run.card_beside(Path(path)) is None:
+            parser.error(f"--teacher {path}: no model card beside it (a model from train/run.py)")
     cfg = run.Config()
     precision = choose_precision(cfg.precision, torch.device("cpu"))
     torch.manual_seed(0)
@@ -71,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parts = [
         ("augmentation", lambda: augment(images, targets, cfg.augment, gen, student.mirror)),
         ("teacher, the traced files (mirrored)", answer(traced.to(memory_format=torch.channels_last))),
-        ("teacher, rebuilt from their cards (mirrored)",
-         answer(run.load_teacher(args.teacher).to(memory_format=torch.channels_last))),
+        ("teacher, rebuilt from their cards (mirrored; not used: slower than the files here)",
+         answer(rebuilt(args.teacher).to(memory_format=torch.channels_last))),
         ("teacher, rebuilt, without the mirrored pass (--no-teacher-flip)",
          answer(run.load_teacher(args.teacher, flip=False).to(memory_format=torch.channels_last))),
         ("student: forward, backward, AdamW", student_step),
