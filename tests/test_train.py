@@ -175,6 +175,8 @@ def test_a_summary_of_the_folds_done_trains_nothing(cv_students):
     assert result.returncode == 0, result.stderr
     assert "folds [2] of 5" in result.stdout
     assert sorted(path.name for path in students.glob("fold_*")) == ["fold_2"]  # the four missing folds not trained
+    summary = json.loads((students / "cv.json").read_text())
+    assert summary["fold_commands"] == [json.loads((students / "fold_2" / "model_card.json").read_text())["command"]]
 
 
 def test_a_mirrored_student_is_the_same_network_with_its_mirrored_pass(tmp_path, cv_students, faces):
@@ -194,6 +196,9 @@ def test_a_mirrored_student_is_the_same_network_with_its_mirrored_pass(tmp_path,
     saved = np.load(mirrored / "fold_2" / "predictions.npz")
     assert np.allclose(denormalize(both.numpy()), saved["pred"][:16], atol=1e-3)
     assert not np.allclose(both, direct, atol=1e-4)  # the mirrored pass changes the answer
+    assert _cv("--out", str(mirrored), "--summary", check=True).returncode == 0  # what trained it stays on record
+    recipe = json.loads((mirrored / "cv.json").read_text())["fold_commands"][0]
+    assert recipe.startswith("python train/cv.py") and "then train/mirror.py of " in recipe
     refused = _mirror(teachers, tmp_path / "t")
     assert refused.returncode == 2 and "not a one-pass student" in refused.stderr
 

@@ -124,11 +124,21 @@ def plot_per_person(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def fold_recipes(files: list[Path]) -> list[str]:
+    """What trained each fold, from its card: the command, and the file it was given its mirror from."""
+    recipes = []
+    for path in files:
+        card = json.loads((path.parent / run.CARD_FILE).read_text())
+        mirrored = f" (then train/mirror.py of {card['mirrored_from']})" if "mirrored_from" in card else ""
+        recipes.append(card["command"] + mirrored)
+    return recipes
+
+
 def record_in_card(summary: dict, card_path: Path, command: str) -> None:
     """The shipped model's card keeps the cross-validated estimate its recipe was chosen by."""
     card = json.loads(card_path.read_text())
     card["cross_validation"] = {
-        "what": "pooled over people never seen by the fold's model; the recipe is train_args, "
+        "what": "pooled over people never seen by the fold's model; the recipe is fold_commands, "
                 "which may be the shipped model's teacher rather than the model itself",
         "command": command,
         **{key: value for key, value in summary.items() if key != "per_person_score"},  # names stay in cv.json
@@ -166,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     summary = summarize(files, args.folds)
     summary["train_args"] = train_args
+    summary["fold_commands"] = fold_recipes(files)
     (args.out / "cv.json").write_text(json.dumps(summary, indent=2) + "\n")
     try:
         plot_per_person(summary, args.out / "per_person.png")
