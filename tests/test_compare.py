@@ -75,3 +75,4 @@ def test_an_ensemble_saved_as_a_run_is_summarized_by_cv_like_any_run(tmp_path):
     assert abs(summary["pooled_score"] / compare(tmp_path / "a", both)["pooled_b"] - 1) < 1e-9
     assert abs(summary["pooled_score"] * 2 * np.mean((2 * error / 48) ** 2) - 1) < 1e-9  # the two errors averaged
     assert summary["training_minutes"] == [2.0, 2.0]  # the networks trained one after another
+    assert all(recipe.endswith("no model card") for recipe in summary["fold_commands"])  # nothing claimed for it

@@ -128,7 +128,11 @@ def fold_recipes(files: list[Path]) -> list[str]:
     """What trained each fold, from its card: the command, and the file it was given its mirror from."""
     recipes = []
     for path in files:
-        card = json.loads((path.parent / run.CARD_FILE).read_text())
+        card_file = path.parent / run.CARD_FILE
+        if not card_file.is_file():  # e.g. an ensemble's predictions written by train/compare.py --save
+            recipes.append(f"{path.parent}: no model card")
+            continue
+        card = json.loads(card_file.read_text())
         mirrored = f" (then train/mirror.py of {card['mirrored_from']})" if "mirrored_from" in card else ""
         recipes.append(card["command"] + mirrored)
     return recipes
