@@ -76,10 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         loss.backward()
         opt.step()
 
-    traced = ServingModel([torch.jit.load(path).eval() for path in args.teacher.split("+")], flip=False).eval()
     parts = [
         ("augmentation", lambda: augment(images, targets, cfg.augment, gen, student.mirror)),
-        ("teacher, the traced files (mirrored)", answer(traced.to(memory_format=torch.channels_last))),
+        ("teacher, the traced files (mirrored)",  # what training runs by default
+         answer(run.load_teacher(args.teacher).to(memory_format=torch.channels_last))),
         ("teacher, rebuilt from their cards (mirrored; not used: slower than the files here)",
          answer(rebuilt(args.teacher).to(memory_format=torch.channels_last))),
         ("teacher, rebuilt, without the mirrored pass (--no-teacher-flip)",
