@@ -12,7 +12,7 @@ import torch
 
 from facekp import data as facedata
 from facekp import metrics
-from facekp.contract import denormalize, normalize
+from facekp.contract import KEYPOINT_NAMES, denormalize, normalize
 from facekp.data import REPO_ROOT
 from train.model import KeypointNet, ServingModel
 from train.run import (
@@ -117,6 +117,9 @@ def test_one_cross_validation_fold_validates_its_own_people(tmp_path, faces):
     _, fold_people = facedata.split_by_person(faces, 2, 5)
     assert summary["folds_done"] == [2] and summary["faces"] == len(fold_people)
     assert set(summary["per_person_score"]) == set(fold_people.people)
+    assert list(summary["rmse_px_per_keypoint"]) == list(KEYPOINT_NAMES)
+    assert all(0 < rmse < 96 for rmse in summary["rmse_px_per_keypoint"].values())
+    assert "hardest keypoints (rmse px): " in result.stdout
     low, high = summary["bootstrap_95"]
     assert low < summary["pooled_score"] < high
     card = json.loads((out / "fold_2" / "model_card.json").read_text())

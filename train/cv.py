@@ -92,6 +92,7 @@ def summarize(files: list[Path], folds: int) -> dict:
         "folds_done": [int(f.parent.name.split("_")[1]) for f in files],
         "pooled_score": metrics.score(pred, truth),
         "pooled_rmse_px": metrics.rmse_px(pred, truth),
+        "rmse_px_per_keypoint": metrics.rmse_px_by_name(pred, truth),  # where the error of people never seen lives
         "bootstrap_95": [low, high],
         "fold_scores": fold_scores,
         "fold_mean": float(np.mean(fold_scores)),
@@ -101,6 +102,13 @@ def summarize(files: list[Path], folds: int) -> dict:
         "training_minutes": [float(p["minutes"]) for p in parts],
         "per_person_score": dict(sorted(per_person.items(), key=lambda kv: kv[1])),
     }
+
+
+def hardest_keypoints(summary: dict, count: int = 4) -> str:
+    """The keypoints that carry most of the pooled error, for the summary line (all of them are in cv.json)."""
+    rmse = sorted(summary["rmse_px_per_keypoint"].items(), key=lambda kv: -kv[1])
+    median = np.median([value for _, value in rmse])
+    return ", ".join(f"{name} {value:.2f}" for name, value in rmse[:count]) + f"; median {median:.2f}"
 
 
 def plot_per_person(summary: dict, path: Path) -> None:
@@ -193,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cross-validation over {summary['people']} people, {summary['faces']} faces, folds {summary['folds_done']}"
           f" of {args.folds}:\npooled score {summary['pooled_score']:.1f} (rmse {summary['pooled_rmse_px']:.3f} px),"
           f" 95 % bootstrap over people {low:.1f} to {high:.1f}\nfold scores {scores}: mean {summary['fold_mean']:.1f}"
-          f" sd {summary['fold_std']:.1f}\nwrote {args.out / 'cv.json'}" + (f" and {args.card}" if args.card else ""))
+          f" sd {summary['fold_std']:.1f}\nhardest keypoints (rmse px): {hardest_keypoints(summary)}"
+          f"\nwrote {args.out / 'cv.json'}" + (f" and {args.card}" if args.card else ""))
     return 0
 
 
