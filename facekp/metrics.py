@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from facekp.contract import HALF, KEYPOINT_NAMES
+from facekp.contract import FLIP_PERMUTATION, HALF, KEYPOINT_NAMES
 
 
 def per_image_mse(pred_px: np.ndarray, true_px: np.ndarray) -> np.ndarray:
@@ -33,3 +33,14 @@ def rmse_px_per_keypoint(pred_px: np.ndarray, true_px: np.ndarray) -> np.ndarray
     """RMSE per coordinate for each keypoint, in pixels; shape (15,)."""
     diff = np.asarray(pred_px, np.float64) - np.asarray(true_px, np.float64)
     return np.sqrt((diff**2).mean(axis=(0, 2)))
+
+
+def crossed_labels(true_px: np.ndarray) -> np.ndarray:
+    """Faces whose label puts a subject's-left point at or left of its right counterpart; shape (N,) bool.
+
+    No face looks like that, so such a label is a mistake (the data set has one, its SOURCE.md's corrupt row).
+    It stays in every score; train/cv.py also reports the pooled score without it, to say what it costs.
+    """
+    true_px = np.asarray(true_px)
+    pairs = [(i, FLIP_PERMUTATION[i]) for i, name in enumerate(KEYPOINT_NAMES) if "left" in name]
+    return np.any([true_px[:, left, 0] <= true_px[:, right, 0] for left, right in pairs], axis=0)

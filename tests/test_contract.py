@@ -41,3 +41,15 @@ def test_score_is_mean_of_per_image_mse():
     pred = np.zeros((2, 15, 2))
     pred[0] += 4.8  # image 0: normalized error 0.1 everywhere; image 1 perfect
     assert metrics.score(pred, true) == pytest.approx(1 / (2 * (0.01 + 0) / 2))
+
+
+def test_crossed_labels_finds_a_left_point_left_of_its_right_one():
+    face = np.full((15, 2), 48.0)
+    for i, name in enumerate(KEYPOINT_NAMES):
+        if "left" in name:
+            face[i, 0], face[FLIP_PERMUTATION[i], 0] = 60.0, 36.0  # the subject's left lies on the image's right
+    crossed, missing = face.copy(), face.copy()
+    crossed[KEYPOINT_NAMES.index("mouth_left_corner"), 0] = 20.0  # like the data set's one corrupt row
+    missing[KEYPOINT_NAMES.index("left_eye_center")] = np.nan
+    assert metrics.crossed_labels(np.stack([face, crossed, missing])).tolist() == [False, True, False]
+    assert metrics.crossed_labels(np.stack([face]) * [-1, 1]).tolist() == [True]  # the face mirrored, unpermuted

@@ -120,6 +120,10 @@ def test_one_cross_validation_fold_validates_its_own_people(tmp_path, faces):
     assert list(summary["rmse_px_per_keypoint"]) == list(KEYPOINT_NAMES)
     assert all(0 < rmse < 96 for rmse in summary["rmse_px_per_keypoint"].values())
     assert "hardest keypoints (rmse px): " in result.stdout
+    crossed = metrics.crossed_labels(fold_people.keypoints)
+    assert summary["crossed_labels"] == crossed.sum()
+    assert summary["pooled_score_without_crossed_labels"] == pytest.approx(1 / (2 * metrics.per_image_mse(
+        np.load(out / "fold_2" / "predictions.npz")["pred"][~crossed], fold_people.keypoints[~crossed]).mean()))
     low, high = summary["bootstrap_95"]
     assert low < summary["pooled_score"] < high
     card = json.loads((out / "fold_2" / "model_card.json").read_text())
