@@ -96,7 +96,7 @@ def summarize(files: list[Path], folds: int) -> dict:
         "rmse_px_per_keypoint": metrics.rmse_px_by_name(pred, truth),  # where the error of people never seen lives
         "bootstrap_95": [low, high],
         "crossed_labels": int(crossed.sum()),  # mislabelled faces: kept in every score above
-        "pooled_score_without_crossed_labels": float(1 / (2 * mse[~crossed].mean())),
+        "pooled_score_without_crossed_labels": metrics.score(pred[~crossed], truth[~crossed]),
         "fold_scores": fold_scores,
         "fold_mean": float(np.mean(fold_scores)),
         "fold_std": float(np.std(fold_scores, ddof=1)) if len(fold_scores) > 1 else 0.0,
