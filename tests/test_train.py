@@ -18,6 +18,7 @@ from train.model import KeypointNet, ServingModel
 from train.run import (
     COMMITTED_TEACHERS,
     _mirror_with_taught,
+    _replayed_views,
     exported_networks,
     load_teacher,
     lr_at,
@@ -267,7 +268,7 @@ class ShiftedMeanFace(torch.nn.Module):
         return self.answer.expand(x.shape[0], -1, -1) + 0 * x.mean()
 
 
-@pytest.mark.parametrize("views", ["live", "cached"])
+@pytest.mark.parametrize("views", ["live", "cached", "live --view-reuse 2"])
 def test_the_student_learns_the_teachers_answers_not_only_the_labels(tmp_path, faces, views):
     shift = 0.25  # 12 px to the right, in normalized coordinates
     mean = torch.from_numpy(normalize(np.nanmean(faces.keypoints, axis=0))).float()
@@ -277,7 +278,8 @@ def test_the_student_learns_the_teachers_answers_not_only_the_labels(tmp_path, f
     result = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "run.py"), "--quick", "--members", "0",
                              "--teacher", str(tmp_path / "teacher.pt"), "--distill", "1", "--aug-flip", "0",
                              "--no-student-flip-tta",  # its mirrored pass would cancel a shift to one side
-                             "--teacher-views", views, "--out", str(out)], capture_output=True, text=True, timeout=300)
+                             "--teacher-views", *views.split(), "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "[member" not in result.stdout and "[student] epoch   3/3" in result.stdout
     card = json.loads((out / "model_card.json").read_text())
@@ -362,6 +364,38 @@ def test_the_teachers_cached_keypoints_mirror_with_the_labels():
     torch.testing.assert_close(both[:, :83], net.mirror(labels))
     torch.testing.assert_close(both[:, 83:], net.mirror(torch.cat([taught, labels[:, 15:]], 1))[:, :15])
     torch.testing.assert_close(_mirror_with_taught(net, both), torch.cat([labels, taught], 1))
+
+
+def test_replayed_views_are_the_kept_ones_reshuffled_and_a_mirrored_view_has_mirrored_answers():
+    """--view-reuse: a replayed epoch shows each kept view once; a view mirrored on replay gets the mirrored
+    labels (carrying the label offset's gradient) and the teacher's answer mirrored alike."""
+    net = KeypointNet((8, 8, 8, 8), (1, 1, 1, 1), extra_points=68)
+    with torch.no_grad():
+        net.label_offset.normal_(0, 0.02)
+    images, labels, answers = torch.rand(10, 1, 96, 96), torch.randn(10, 83, 2), torch.randn(10, 15, 2)
+    seen = []
+    for view, label, answer in _replayed_views([(images, labels, answers)], 4, 0.5, torch.Generator().manual_seed(0),
+                                               net.mirror):
+        assert view.is_contiguous(memory_format=torch.channels_last) and len(view) <= 4
+        for v, lab, ans in zip(view, label.detach(), answer, strict=True):
+            i = next(i for i in range(10) if torch.equal(v, images[i]) or torch.equal(v, images[i].flip(-1)))
+            mirrored = not torch.equal(v, images[i])
+            want_label = net.mirror(labels[i:i + 1])[0] if mirrored else labels[i]
+            want_answer = net.mirror(torch.cat([answers[i:i + 1], labels[i:i + 1, 15:]], 1))[0, :15] if mirrored \
+                else answers[i]
+            torch.testing.assert_close(lab, want_label.detach())
+            torch.testing.assert_close(ans, want_answer.detach())
+            seen.append((i, mirrored))
+        assert label.requires_grad == any(m for _, m in seen[-len(view):])
+    assert sorted(i for i, _ in seen) == list(range(10))
+    assert 0 < sum(m for _, m in seen) < 10
+
+
+def test_view_reuse_needs_live_teacher_views():
+    assert parse_args(["--members", "0", "--view-reuse", "2"]).view_reuse == 2
+    for argv in (["--view-reuse", "0"], ["--members", "0", "--view-reuse", "2", "--teacher-views", "cached"]):
+        with pytest.raises(SystemExit):
+            parse_args(argv)
 
 
 def test_the_learning_rate_warms_up_then_decays_to_its_floor():

@@ -75,6 +75,9 @@ class Config:
     # live: the teacher answers every augmented view | cached: once per face, its answer moved with each
     # view's geometry (the student's epoch 25 % faster, 1.2 % lower on fold 0: docs/accuracy.md)
     teacher_views: str = "live"
+    # live views serve this many epochs: each epoch's augmented views and the teacher's answers to them are
+    # replayed, reshuffled and a random half mirrored, for view_reuse - 1 more epochs (teacher cost / view_reuse)
+    view_reuse: int = 1
     precision: str = "auto"  # auto: bfloat16 autocast where the CPU has AMX / AVX-512 BF16, else fp32
     batch_size: int = 64
     lr: float = 3e-3
@@ -149,6 +152,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
             parser.error(f"--no-teacher-flip: --teacher {path} has no model card beside it to rebuild it from")
     if cfg.teacher_views not in ("live", "cached"):
         parser.error("--teacher-views is live or cached")
+    if cfg.view_reuse < 1 or (cfg.view_reuse > 1 and cfg.teacher_views != "live"):
+        parser.error("--view-reuse is at least 1, and above 1 only with --teacher-views live")
     if not 0 <= cfg.distill <= 1:
         parser.error("--distill is a weight in [0, 1]")
     if cfg.folds < 2 or cfg.fold >= cfg.folds:
@@ -253,6 +258,44 @@ def load_teacher(spec: str, flip: bool = True) -> torch.nn.Module:
     return models[0] if len(models) == 1 else ServingModel(models, flip=False).eval()  # their mean, as of members
 
 
+def _fresh_views(x_train: torch.Tensor, y_train: torch.Tensor, order: torch.Tensor, cfg: Config,
+                 gen: torch.Generator, mirror: Callable, teacher: Teacher | None, precision: str,
+                 kept: list | None = None):
+    """One epoch of newly augmented views (images, targets, the teacher's answers or None), in batches.
+
+    With kept (a list), the epoch's views are also stored into it whole for _replayed_views once it ends.
+    """
+    for idx in order.split(cfg.batch_size):
+        images, target = augment(x_train[idx], y_train[idx], cfg.augment, gen, mirror)
+        images = images.contiguous(memory_format=torch.channels_last)
+        taught = None
+        if teacher is not None:
+            with torch.no_grad(), autocast(precision):
+                taught = teacher(images).float()
+        if kept is not None:
+            kept.append((images.detach(), target.detach(), taught))
+        yield images, target, taught
+    if kept:
+        kept[:] = [tuple(torch.cat(part) for part in zip(*kept, strict=True))]
+
+
+def _replayed_views(kept: list, batch_size: int, flip: float, gen: torch.Generator, mirror: Callable):
+    """The last fresh epoch's views again (--view-reuse): reshuffled, and a random half mirrored, the labels
+    and the teacher's answers with them (a mirrored teacher's answer to a mirror image is exactly that)."""
+    (images, target, taught), = kept
+    for idx in torch.randperm(len(images), generator=gen).split(batch_size):
+        view, label, answer = images[idx], target[idx], taught[idx]
+        flipped = torch.rand(len(idx), generator=gen) < flip
+        if flipped.any():
+            view, label, answer = view.clone(), label.clone(), answer.clone()
+            view[flipped] = view[flipped].flip(-1)
+            with torch.no_grad():  # the answer only needs the 15 points' permutation: any aux points will do
+                answer[flipped] = mirror(torch.cat([answer[flipped], label[flipped, NUM_KEYPOINTS:]], 1))[
+                    :, :NUM_KEYPOINTS]
+            label[flipped] = mirror(label[flipped])  # carries the label offset's gradient, as in augment()
+        yield view.contiguous(memory_format=torch.channels_last), label, answer
+
+
 def train_network(cfg: Config, seed: int, tag: str, epochs: int, x_train: torch.Tensor, y_train: torch.Tensor,
                   x_val: torch.Tensor, val_keypoints: np.ndarray, use_aux: bool, precision: str,
                   teacher: Teacher | None = None, flip_tta: bool = True,
@@ -285,20 +328,21 @@ def train_network(cfg: Config, seed: int, tag: str, epochs: int, x_train: torch.
     total_steps = epochs * steps_per_epoch
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
 
+    reuse = cfg.view_reuse if teacher is not None and not cached else 1
     history, step, start = [], 0, time.time()
     for epoch in range(1, epochs + 1):
         net.train()
-        order = torch.randperm(len(x_train), generator=gen)
+        if (epoch - 1) % reuse == 0:
+            order = torch.randperm(len(x_train), generator=gen)
+            kept: list = []
+            batches = _fresh_views(x_train, y_train, order, cfg, gen, mirror, None if cached else teacher,
+                                   precision, kept if reuse > 1 else None)
+        else:
+            batches = _replayed_views(kept, cfg.batch_size, cfg.augment.flip, gen, mirror)
         losses = []
-        for i in range(0, len(order), cfg.batch_size):
-            idx = order[i:i + cfg.batch_size]
-            images, target = augment(x_train[idx], y_train[idx], cfg.augment, gen, mirror)
-            images = images.contiguous(memory_format=torch.channels_last)
+        for images, target, taught in batches:
             if cached:
                 target, taught = target[:, :-NUM_KEYPOINTS], target[:, -NUM_KEYPOINTS:]
-            elif teacher is not None:
-                with torch.no_grad(), autocast(precision):
-                    taught = teacher(images).float()
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total_steps, warmup, cfg.lr, cfg.lr_floor)
             with autocast(precision):
