@@ -6,6 +6,7 @@
     python train/run.py --no-student --members 1 --no-all-people --out runs/m1   # one network alone (two passes)
     python train/run.py --teacher model_store/keypoints.pt --members 0   # distil from a model already trained
     python train/run.py --teacher a/keypoints.pt+b/keypoints.pt --members 0   # from the mean of two models
+    python train/run.py --view-reuse 2        # each epoch's views and teacher answers serve two epochs: faster
 
 Every setting lives in Config below; each field is also a command-line flag.
 """
