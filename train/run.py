@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,6 +204,7 @@ def build_net(cfg: Config, use_aux: bool, student: bool = False) -> KeypointNet:
 
 
 Teacher = Callable[[torch.Tensor], torch.Tensor]
+Views = Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]  # images, targets, teacher's answers
 
 
 def _mirror_with_taught(net: KeypointNet, kp: torch.Tensor) -> torch.Tensor:
@@ -261,7 +262,7 @@ def load_teacher(spec: str, flip: bool = True) -> torch.nn.Module:
 
 def _fresh_views(x_train: torch.Tensor, y_train: torch.Tensor, order: torch.Tensor, cfg: Config,
                  gen: torch.Generator, mirror: Callable, teacher: Teacher | None, precision: str,
-                 kept: list | None = None):
+                 kept: list | None = None) -> Views:
     """One epoch of newly augmented views (images, targets, the teacher's answers or None), in batches.
 
     With kept (a list), the epoch's views are also stored into it whole for _replayed_views once it ends.
@@ -280,7 +281,7 @@ def _fresh_views(x_train: torch.Tensor, y_train: torch.Tensor, order: torch.Tens
         kept[:] = [tuple(torch.cat(part) for part in zip(*kept, strict=True))]
 
 
-def _replayed_views(kept: list, batch_size: int, flip: float, gen: torch.Generator, mirror: Callable):
+def _replayed_views(kept: list, batch_size: int, flip: float, gen: torch.Generator, mirror: Callable) -> Views:
     """The last fresh epoch's views again (--view-reuse): reshuffled, and a random half mirrored, the labels
     and the teacher's answers with them (a mirrored teacher's answer to a mirror image is exactly that)."""
     (images, target, taught), = kept
