@@ -210,8 +210,13 @@ Views = Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]  # imag
 def _mirror_with_taught(net: KeypointNet, kp: torch.Tensor) -> torch.Tensor:
     """net.mirror for labels (N, points, 2) followed by the teacher's 15 keypoints (--teacher-views cached)."""
     labels, taught = kp[:, :-NUM_KEYPOINTS], kp[:, -NUM_KEYPOINTS:]
-    taught_mirrored = net.mirror(torch.cat([taught, labels[:, NUM_KEYPOINTS:]], dim=1))[:, :NUM_KEYPOINTS]
-    return torch.cat([net.mirror(labels), taught_mirrored], dim=1)
+    return torch.cat([net.mirror(labels), _mirror_taught(net.mirror, taught, labels)], dim=1)
+
+
+def _mirror_taught(mirror: Callable, taught: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The teacher's 15 keypoints mirrored as labels are: mirror() takes every point the net predicts, and the
+    15 permute among themselves, so the labels' auxiliary points only fill the shape."""
+    return mirror(torch.cat([taught, labels[:, NUM_KEYPOINTS:]], dim=1))[:, :NUM_KEYPOINTS]
 
 
 def card_beside(model_file: Path) -> Path | None:
@@ -265,7 +270,7 @@ def _fresh_views(x_train: torch.Tensor, y_train: torch.Tensor, order: torch.Tens
                  kept: list | None = None) -> Views:
     """One epoch of newly augmented views (images, targets, the teacher's answers or None), in batches.
 
-    With kept (a list), the epoch's views are also stored into it whole for _replayed_views once it ends.
+    With kept (a list), each batch is also appended to it for _replayed_views.
     """
     for idx in order.split(cfg.batch_size):
         images, target = augment(x_train[idx], y_train[idx], cfg.augment, gen, mirror)
@@ -277,23 +282,20 @@ def _fresh_views(x_train: torch.Tensor, y_train: torch.Tensor, order: torch.Tens
         if kept is not None:
             kept.append((images.detach(), target.detach(), taught))
         yield images, target, taught
-    if kept:
-        kept[:] = [tuple(torch.cat(part) for part in zip(*kept, strict=True))]
 
 
 def _replayed_views(kept: list, batch_size: int, flip: float, gen: torch.Generator, mirror: Callable) -> Views:
-    """The last fresh epoch's views again (--view-reuse): reshuffled, and a random half mirrored, the labels
+    """The last fresh epoch's batches of views again (--view-reuse): reshuffled, and a random half mirrored, the labels
     and the teacher's answers with them (a mirrored teacher's answer to a mirror image is exactly that)."""
-    (images, target, taught), = kept
+    images, target, taught = (torch.cat(part) for part in zip(*kept, strict=True))
     for idx in torch.randperm(len(images), generator=gen).split(batch_size):
         view, label, answer = images[idx], target[idx], taught[idx]
         flipped = torch.rand(len(idx), generator=gen) < flip
         if flipped.any():
             view, label, answer = view.clone(), label.clone(), answer.clone()
             view[flipped] = view[flipped].flip(-1)
-            with torch.no_grad():  # the answer only needs the 15 points' permutation: any aux points will do
-                answer[flipped] = mirror(torch.cat([answer[flipped], label[flipped, NUM_KEYPOINTS:]], 1))[
-                    :, :NUM_KEYPOINTS]
+            with torch.no_grad():  # a fixed target, as the live teacher's answers are
+                answer[flipped] = _mirror_taught(mirror, answer[flipped], label[flipped])
             label[flipped] = mirror(label[flipped])  # carries the label offset's gradient, as in augment()
         yield view.contiguous(memory_format=torch.channels_last), label, answer
 
