@@ -3,7 +3,7 @@
 A fold of the shipped recipe (its two teachers, then its student) takes about an hour on 2 cores, so
 five folds of a new recipe do not fit in one working session, and runs/ is not kept between sessions.
 A record keeps, for each fold done, its model's keypoints for the fold's validation faces (in 0.01 px
-steps, about 43 kB a fold) and its model card; not the network, and nothing of the data set (no image,
+steps, under 40 kB a fold) and its model card; not the network, and nothing of the data set (no image,
 label or name: those are read back from the data set when the record is restored):
 
     python train/record.py save runs/cv-student-mid64-reuse2-mirrored     # -> docs/cv/<its name>/fold_k/
@@ -94,6 +94,10 @@ def _faces(data: str) -> facedata.FaceData:
     return _LOADED[data]
 
 
+def _shown(path: Path) -> Path:
+    return path.relative_to(Path.cwd()) if path.is_absolute() and path.is_relative_to(Path.cwd()) else path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -121,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 score = restore_fold(fold_dir, target / fold_dir.name, args.data)
         except facedata.DataError as err:
             parser.exit(2, f"error: {err}\n")
-        print(f"{fold_dir.name}: score {score:.1f} -> {target / fold_dir.name}", flush=True)
+        print(f"{fold_dir.name}: score {score:.1f} -> {_shown(target / fold_dir.name)}", flush=True)
     return 0
 
 
