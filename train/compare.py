@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from facekp import metrics  # noqa: E402
-from train.cv import PREDICTIONS, bootstrap_interval  # noqa: E402
+from train.cv import PREDICTIONS, bootstrap_interval, fold_number  # noqa: E402
 
 
 def load_folds(cv_dir: Path) -> dict[int, dict[str, np.ndarray]]:
@@ -36,7 +36,7 @@ def load_folds(cv_dir: Path) -> dict[int, dict[str, np.ndarray]]:
     found = {}
     for path in sorted(cv_dir.glob(f"fold_*/{PREDICTIONS}")):
         with np.load(path) as saved:
-            found[int(path.parent.name.split("_")[1])] = {key: saved[key] for key in saved.files}
+            found[fold_number(path.parent)] = {key: saved[key] for key in saved.files}
     return found
 
 

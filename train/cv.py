@@ -42,6 +42,11 @@ from train import run  # noqa: E402
 PREDICTIONS = "predictions.npz"
 
 
+def fold_number(fold_dir: Path) -> int:
+    """k of a run's fold_k folder."""
+    return int(fold_dir.name.split("_")[1])
+
+
 def fold_people(data: str, fold: int, folds: int) -> tuple[facedata.FaceData, torch.Tensor]:
     """A fold's validation faces, and their images as a model takes them."""
     _, val = facedata.split_by_person(facedata.load(data or None), fold, folds)
@@ -90,7 +95,7 @@ def summarize(files: list[Path], folds: int) -> dict:
     crossed = metrics.crossed_labels(truth)
     return {
         "folds": folds,
-        "folds_done": [int(f.parent.name.split("_")[1]) for f in files],
+        "folds_done": [fold_number(f.parent) for f in files],
         "pooled_score": metrics.score(pred, truth),
         "pooled_rmse_px": metrics.rmse_px(pred, truth),
         "rmse_px_per_keypoint": metrics.rmse_px_by_name(pred, truth),  # where the error of people never seen lives

@@ -18,6 +18,7 @@ train/cv.py --summary, train/compare.py and train/report.py read as they read a 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import shutil
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from facekp import data as facedata  # noqa: E402
 from facekp import metrics  # noqa: E402
 from train import run  # noqa: E402
-from train.cv import PREDICTIONS  # noqa: E402
+from train.cv import PREDICTIONS, fold_number  # noqa: E402
 
 RECORDS = facedata.REPO_ROOT / "docs" / "cv"
 RECORD_FILE = "record.npz"
@@ -41,10 +42,6 @@ STEPS_PER_PX = 100  # keypoints kept in 0.01 px: the rounding adds under 0.003 p
 def people_digest(people: np.ndarray) -> str:
     """Which faces a fold holds, in order, without writing their names down."""
     return hashlib.sha256("\n".join(map(str, people)).encode()).hexdigest()
-
-
-def fold_of_dir(fold_dir: Path) -> int:
-    return int(fold_dir.name.split("_")[1])
 
 
 def save_fold(fold_dir: Path, target: Path) -> float:
@@ -59,7 +56,7 @@ def save_fold(fold_dir: Path, target: Path) -> float:
     target.mkdir(parents=True, exist_ok=True)
     score = metrics.score(pred, truth)
     np.savez_compressed(target / RECORD_FILE, pred=np.round(pred * STEPS_PER_PX).astype(np.int16),
-                        fold=fold_of_dir(fold_dir), folds=folds, faces=len(people), people=people_digest(people),
+                        fold=fold_number(fold_dir), folds=folds, faces=len(people), people=people_digest(people),
                         minutes=minutes, score=score)
     if card:
         shutil.copyfile(card_file, target / run.CARD_FILE)
@@ -85,13 +82,9 @@ def restore_fold(record_dir: Path, target: Path, data: str = "") -> float:
     return score
 
 
-_LOADED: dict[str, facedata.FaceData] = {}
-
-
+@functools.cache  # one load for all the folds of a record
 def _faces(data: str) -> facedata.FaceData:
-    if data not in _LOADED:
-        _LOADED[data] = facedata.load(data or None)
-    return _LOADED[data]
+    return facedata.load(data or None)
 
 
 def _shown(path: Path) -> Path:
@@ -110,19 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     restore.add_argument("--data", default="", help="the data set (default: $FACEKP_DATA or ../shared)")
     args = parser.parse_args(argv)
     if args.command == "save":
-        source, target = args.run, args.to or RECORDS / args.run.name
+        source, target, marker, write = args.run, args.to or RECORDS / args.run.name, PREDICTIONS, save_fold
     else:
-        source, target = args.record, args.to or Path("runs") / args.record.name
-    marker = PREDICTIONS if args.command == "save" else RECORD_FILE
+        source, target, marker = args.record, args.to or Path("runs") / args.record.name, RECORD_FILE
+        write = functools.partial(restore_fold, data=args.data)
     fold_dirs = sorted(path.parent for path in source.glob(f"fold_*/{marker}"))
     if not fold_dirs:
         parser.error(f"{source} has no fold (fold_*/{marker})")
     for fold_dir in fold_dirs:
         try:
-            if args.command == "save":
-                score = save_fold(fold_dir, target / fold_dir.name)
-            else:
-                score = restore_fold(fold_dir, target / fold_dir.name, args.data)
+            score = write(fold_dir, target / fold_dir.name)
         except facedata.DataError as err:
             parser.exit(2, f"error: {err}\n")
         print(f"{fold_dir.name}: score {score:.1f} -> {_shown(target / fold_dir.name)}", flush=True)
