@@ -12,9 +12,9 @@ import torch
 
 from facekp import data as facedata
 from facekp import metrics
-from facekp.contract import KEYPOINT_NAMES, denormalize, normalize
+from facekp.contract import HALF, KEYPOINT_NAMES, denormalize, normalize
 from facekp.data import REPO_ROOT
-from train.model import KeypointNet, ServingModel
+from train.model import KeypointNet, ServingModel, shift_views, shifted
 from train.run import (
     COMMITTED_TEACHERS,
     _mirror_with_taught,
@@ -88,6 +88,48 @@ def test_ensemble_is_the_mean_of_its_members_each_with_its_own_mirror():
     assert torch.allclose(traced, together, atol=1e-6)
 
 
+class BrightestPixel(torch.nn.Module):
+    """A 'network' that answers every keypoint with the brightest pixel's normalized position: exact, so a
+    view moved by a shift must be moved back by exactly that shift."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        index = x.flatten(1).argmax(1)
+        xy = torch.stack([index % 96, index // 96], dim=-1).float()
+        return ((xy - HALF) / HALF).unsqueeze(1).expand(-1, 15, 2)
+
+
+def test_a_shifted_view_moves_the_face_and_its_answer_is_moved_back():
+    image = torch.zeros(1, 1, 96, 96)
+    image[0, 0, 40, 30] = 1.0  # row y=40, column x=30
+    moved = shifted(image, 3, -2)
+    assert moved[0, 0, 38, 33] == 1.0 and moved.sum() == 1.0  # content moves right 3, up 2
+    assert torch.equal(shifted(image, 0, 0), image)
+    edge = torch.arange(96.0).expand(1, 1, 96, 96)  # each pixel holds its column
+    assert torch.equal(shifted(edge, 2, 0)[0, 0, 0, :3], torch.tensor([0.0, 0.0, 0.0]))  # the border repeats
+    assert shift_views(0) == ((0, 0),) and shift_views(2) == ((0, 0), (2, 2), (-2, -2))
+    model = ServingModel(BrightestPixel(), flip=False, shifts=shift_views(2))
+    assert model.passes_per_net == 3
+    answer = model(image)
+    assert torch.allclose(answer, torch.tensor([(30 - HALF) / HALF, (40 - HALF) / HALF]).expand(1, 15, 2))
+    for view in shift_views(2)[1:]:  # each view alone is wrong by its shift: the answer is not the identity's
+        assert not torch.allclose(BrightestPixel()(shifted(image, *view)), answer)
+
+
+def test_shifted_views_average_each_views_mirrored_answer_and_trace():
+    torch.manual_seed(0)
+    net = KeypointNet((4, 8, 8, 8), (1, 1, 1, 1), extra_points=68).eval()
+    x = torch.rand(3, 1, 96, 96)
+    model = ServingModel(net, flip=True, shifts=shift_views(2)).eval()
+    with torch.no_grad():
+        expected = torch.stack([ServingModel(net)(shifted(x, dx, dy)) - torch.tensor([dx, dy]) / HALF
+                                for dx, dy in shift_views(2)]).mean(0)
+        traced = torch.jit.trace(model, torch.rand(2, 1, 96, 96))
+        assert model.passes_per_net == 6
+        assert torch.allclose(model(x), expected, atol=1e-6)
+        assert torch.allclose(traced(x), expected, atol=1e-6)  # batch size stays free in the traced file
+        assert (ServingModel(net)(x) - expected).abs().max() > 1e-5  # the moved views change the answer
+
+
 def test_label_mirror_is_an_involution_and_geometric_at_zero_offset():
     from facekp.contract import FLIP_PERMUTATION, MIRROR_X_SHIFT
 
@@ -148,8 +190,8 @@ def _cv(*args: str, **kwargs) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300, **kwargs)
 
 
-def _mirror(source, target, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO_ROOT / "train" / "mirror.py"), str(source), str(target)],
+def _mirror(source, target, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO_ROOT / "train" / "mirror.py"), str(source), str(target), *args],
                           capture_output=True, text=True, timeout=300, **kwargs)
 
 
@@ -208,7 +250,30 @@ def test_a_mirrored_student_is_the_same_network_with_its_mirrored_pass(tmp_path,
     recipe = json.loads((mirrored / "cv.json").read_text())["fold_commands"][0]
     assert recipe.startswith("python train/cv.py") and "then train/mirror.py of " in recipe
     refused = _mirror(teachers, tmp_path / "t")
-    assert refused.returncode == 2 and "not a one-pass student" in refused.stderr
+    assert refused.returncode == 2 and "is not a student" in refused.stderr
+
+
+def test_a_student_already_trained_is_given_views_moved_by_a_shift(tmp_path, cv_students, faces):
+    _, students = cv_students
+    moved = tmp_path / "moved"
+    result = _mirror(students / "fold_2", moved, "--tta-shift", "2")  # one student's directory, not a cv run
+    assert result.returncode == 0, result.stderr
+    assert "with its mirrored pass and views moved 2 px" in result.stdout
+    card = json.loads((moved / "model_card.json").read_text())
+    assert card["network_passes_per_face"] == 6 and card["config"]["tta_shift"] == 2
+    (net,), mirrored = exported_networks(moved / "keypoints.pt")  # the card rebuilds the file (checked inside)
+    assert mirrored
+    _, val = facedata.split_by_person(faces, fold=2, folds=5)
+    images = torch.from_numpy(val.images[:16]).float().div(255).unsqueeze(1)
+    with torch.inference_mode():
+        served = torch.jit.load(str(moved / "keypoints.pt"))(images)
+        expected = ServingModel(net, flip=True, shifts=shift_views(2))(images)
+        two_pass = ServingModel(net, flip=True)(images)
+    assert torch.allclose(served, expected, atol=1e-5)
+    assert np.allclose(denormalize(served.numpy()), np.load(moved / "predictions.npz")["pred"][:16], atol=1e-3)
+    assert not torch.allclose(served, two_pass, atol=1e-4)
+    assert card["validation"]["score"] == pytest.approx(metrics.score(
+        np.load(moved / "predictions.npz")["pred"], val.keypoints))
 
 
 def test_folds_cover_every_person_exactly_once(faces):

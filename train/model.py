@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from facekp.contract import FLIP_PERMUTATION, IMAGE_SIZE, MIRROR_X_SHIFT, NUM_KEYPOINTS
+from facekp.contract import FLIP_PERMUTATION, HALF, IMAGE_SIZE, MIRROR_X_SHIFT, NUM_KEYPOINTS
 
 
 def _ibug68_mirror() -> list[int]:
@@ -135,29 +135,58 @@ class KeypointNet(nn.Module):
         return torch.stack([xs, ys], dim=-1)
 
 
+def shifted(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """The images moved dx pixels right and dy down, the border repeated into the gap."""
+    pad = max(abs(dx), abs(dy))
+    if pad == 0:
+        return x
+    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    return padded[..., pad - dy:pad - dy + IMAGE_SIZE, pad - dx:pad - dx + IMAGE_SIZE]
+
+
+def shift_views(shift: int) -> tuple[tuple[int, int], ...]:
+    """The test-time views of --tta-shift: the face as it is, and moved shift pixels down-right and up-left."""
+    return ((0, 0),) if shift == 0 else ((0, 0), (shift, shift), (-shift, -shift))
+
+
 class ServingModel(nn.Module):
     """What is exported: the 15 contract keypoints, averaged over the ensemble's members and,
-    optionally, over each member's mirrored pass.
+    optionally, over each member's mirrored pass and over copies of the face moved a few pixels.
 
     The averaging lives inside the TorchScript file, so the served score is the score
-    measured in training. Each member mirrors with its own learned label offsets. With
-    flip=False the members may also be exported models (a teacher of several, train/run.py).
+    measured in training. Each member mirrors with its own learned label offsets; a moved
+    view's answer is moved back. With flip=False the members may also be exported models
+    (a teacher of several, train/run.py).
     """
 
-    def __init__(self, nets: KeypointNet | list[KeypointNet], flip: bool = True):
+    def __init__(self, nets: KeypointNet | list[KeypointNet] | list[nn.Module], flip: bool = True,
+                 shifts: tuple[tuple[int, int], ...] = ((0, 0),)):
         super().__init__()
         self.nets = nn.ModuleList(nets if isinstance(nets, list) else [nets])
         self.flip = flip
+        self.shifts = tuple(shifts)
+
+    @property
+    def passes_per_net(self) -> int:
+        return len(self.shifts) * (2 if self.flip else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch = torch.cat([x, x.flip(-1)]) if self.flip else x
+        views = []
+        for dx, dy in self.shifts:
+            view = shifted(x, dx, dy)
+            views += [view, view.flip(-1)] if self.flip else [view]
+        batch = torch.cat(views) if len(views) > 1 else x
         members = []
         for net in self.nets:
-            out = net(batch)
-            if self.flip:
-                direct, flipped = out.chunk(2)
-                out = 0.5 * (direct + net.mirror(flipped))
-            members.append(out[:, :NUM_KEYPOINTS])
+            outs = net(batch).chunk(len(views))
+            answers = []
+            for k, (dx, dy) in enumerate(self.shifts):
+                out = 0.5 * (outs[2 * k] + net.mirror(outs[2 * k + 1])) if self.flip else outs[k]
+                out = out[:, :NUM_KEYPOINTS]
+                if dx or dy:
+                    out = out - torch.tensor([dx / HALF, dy / HALF], dtype=out.dtype)
+                answers.append(out)
+            members.append(answers[0] if len(answers) == 1 else torch.stack(answers).mean(0))
         return torch.stack(members).mean(0)
 
 

@@ -45,7 +45,7 @@ from facekp.data import REPO_ROOT  # noqa: E402
 from facekp.machine import machine  # noqa: E402
 from handler.inference import autocast, choose_precision  # noqa: E402
 from train.augment import AugmentConfig, augment  # noqa: E402
-from train.model import KeypointNet, ServingModel, count_parameters, networks_from_weights  # noqa: E402
+from train.model import KeypointNet, ServingModel, count_parameters, networks_from_weights, shift_views  # noqa: E402
 
 MODEL_FILE = "keypoints.pt"
 CARD_FILE = "model_card.json"
@@ -94,6 +94,9 @@ class Config:
     loss: str = "l1"  # l1 | mse
     aux68: float = 0.5  # weight of the 68-point labels as auxiliary targets (0 = off)
     flip_tta: bool = True  # average with the mirrored pass inside the exported model
+    # the exported model also averages the face moved this many pixels down-right and up-left (0: off); each
+    # view adds the passes of the mirror. Test time only: train/mirror.py gives it to a model already trained
+    tta_shift: int = 0
     max_train: int = 0  # use only the first N training faces (0 = all); for smoke runs
     threads: int = 0  # torch threads (0 = torch's default)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -239,10 +242,11 @@ def exported_networks(model_file: Path) -> tuple[list[KeypointNet], bool] | None
     widths = config["student_widths"] if config["student"] else config["widths"]
     nets = networks_from_weights(traced.state_dict(), tuple(widths), tuple(config["blocks"]), config["head"],
                                  config["head_width"], config["heatmap_size"])
-    flip = card["network_passes_per_face"] == 2 * len(nets)
+    shifts = shift_views(config.get("tta_shift", 0))
+    flip = card["network_passes_per_face"] == 2 * len(nets) * len(shifts)
     probe = torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE)
     with torch.inference_mode():
-        if not torch.allclose(ServingModel(nets, flip).eval()(probe), traced(probe), atol=1e-5):
+        if not torch.allclose(ServingModel(nets, flip, shifts).eval()(probe), traced(probe), atol=1e-5):
             raise ValueError(f"{card_file} does not describe {model_file}: the rebuilt networks answer differently")
     return nets, flip
 
@@ -447,7 +451,7 @@ def train(cfg: Config) -> dict:
         nets.append(net)
         member_scores.append(net_history[-1]["val_score"])
         history += net_history
-    ensemble = ServingModel(nets, cfg.flip_tta).eval() if nets else None
+    ensemble = ServingModel(nets, cfg.flip_tta, shift_views(cfg.tta_shift)).eval() if nets else None
     teacher_card: dict = {}
     if cfg.student:
         if cfg.teacher:
@@ -465,7 +469,7 @@ def train(cfg: Config) -> dict:
                                                  y_train, x_val, val_faces.keypoints, use_aux, precision,
                                                  teacher=teacher, flip_tta=cfg.student_flip_tta)
         history += student_history
-        exported = ServingModel(student, flip=cfg.student_flip_tta).eval()
+        exported = ServingModel(student, cfg.student_flip_tta, shift_views(cfg.tta_shift)).eval()
     else:
         exported = ensemble
 
@@ -479,7 +483,7 @@ def train(cfg: Config) -> dict:
         "input": "(N, 1, 96, 96) float32 grayscale in [0, 1]",
         "output": "(N, 15, 2) normalized (x, y) = (pixel - 48) / 48, keypoints in 'keypoints' order",
         "keypoints": list(KEYPOINT_NAMES),
-        "network_passes_per_face": len(exported_nets) * (2 if exported.flip else 1),
+        "network_passes_per_face": len(exported_nets) * exported.passes_per_net,
         "validation": {
             "score": metrics.score(pred, val_faces.keypoints),
             "rmse_px": metrics.rmse_px(pred, val_faces.keypoints),
@@ -507,7 +511,7 @@ def train(cfg: Config) -> dict:
         "command": command_line(),
         "history": history,
     }
-    if exported.flip:
+    if exported.passes_per_net > 1:
         card["validation"]["score_without_flip_tta"] = metrics.score(
             denormalize(predict(ServingModel(exported_nets, False), x_val)), val_faces.keypoints)
     (out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
