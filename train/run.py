@@ -6,7 +6,7 @@
     python train/run.py --no-student --members 1 --no-all-people --out runs/m1   # one network alone (two passes)
     python train/run.py --teacher model_store/keypoints.pt --members 0   # distil from a model already trained
     python train/run.py --teacher a/keypoints.pt+b/keypoints.pt --members 0   # from the mean of two models
-    python train/run.py --view-reuse 2        # each epoch's views and teacher answers serve two epochs: faster
+    python train/run.py --view-reuse 1        # a fresh teacher answer for every view: slower, no better
 
 Every setting lives in Config below; each field is also a command-line flag.
 """
@@ -69,7 +69,8 @@ class Config:
     teacher: str = ""  # a TorchScript keypoint model (A+B: their mean) to distil from; with --members 0 and
     # none given, the committed teachers (train/teachers/long.pt+short.pt)
     student_epochs: int = 120  # 60 left the student 2.4 % below its teacher; 120 reach it (docs/accuracy.md)
-    student_widths: tuple[int, ...] = (16, 32, 96, 192)  # a member's size: one pass at a quarter of the teacher's cost
+    # the 24x24 stage and heatmap head twice a member's width: +55 % a pass, 702.4 over five folds (docs/accuracy.md)
+    student_widths: tuple[int, ...] = (16, 64, 96, 192)
     student_flip_tta: bool = True  # also average the student with its mirrored pass (two passes per face)
     teacher_flip: bool = True  # the teacher answers each view with its mirrored pass too (twice its cost)
     distill: float = 0.5  # weight of the teacher's keypoints against the labels in the student's loss
@@ -78,7 +79,7 @@ class Config:
     teacher_views: str = "live"
     # live views serve this many epochs: each epoch's augmented views and the teacher's answers to them are
     # replayed, reshuffled and a random half mirrored, for view_reuse - 1 more epochs (teacher cost / view_reuse)
-    view_reuse: int = 1
+    view_reuse: int = 2  # the teacher answers every other epoch: -23 % time on fold 4, no loss on folds 3-4
     precision: str = "auto"  # auto: bfloat16 autocast where the CPU has AMX / AVX-512 BF16, else fp32
     batch_size: int = 64
     lr: float = 3e-3
