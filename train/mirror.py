@@ -50,7 +50,7 @@ def mirror_fold(source: Path, target: Path, shift: int = 0) -> dict:
                  minutes=saved["minutes"])
     card["network_passes_per_face"] = model.passes_per_net
     card["config"]["student_flip_tta"] = True
-    card["config"]["tta_shift"] = shift
+    card["config"]["student_tta_shift"] = shift
     card["validation"]["score_without_flip_tta"] = metrics.score(one_pass, val.keypoints)
     card["validation"]["score"] = metrics.score(pred, val.keypoints)
     card["validation"]["rmse_px"] = metrics.rmse_px(pred, val.keypoints)
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("target", type=Path, help="where the exported students go (a train/cv.py run of its own)")
     parser.add_argument("--tta-shift", type=int, default=0,
                         help="also average views moved this many pixels down-right and up-left (train/run.py's "
-                             "--tta-shift); default 0")
+                             "--student-tta-shift); default 0")
     args = parser.parse_args(argv)
     if (args.source / run.CARD_FILE).is_file():
         pairs = [(args.source, args.target)]

@@ -183,8 +183,8 @@ class ServingModel(nn.Module):
             for k, (dx, dy) in enumerate(self.shifts):
                 out = 0.5 * (outs[2 * k] + net.mirror(outs[2 * k + 1])) if self.flip else outs[k]
                 out = out[:, :NUM_KEYPOINTS]
-                if dx or dy:
-                    out = out - torch.tensor([dx / HALF, dy / HALF], dtype=out.dtype)
+                if dx or dy:  # the answer moved back (python floats: constants in the trace)
+                    out = torch.stack([out[..., 0] - dx / HALF, out[..., 1] - dy / HALF], dim=-1)
                 answers.append(out)
             members.append(answers[0] if len(answers) == 1 else torch.stack(answers).mean(0))
         return torch.stack(members).mean(0)

@@ -72,6 +72,10 @@ class Config:
     # the 24x24 stage and heatmap head twice a member's width: +55 % a pass, 702.4 over five folds (docs/accuracy.md)
     student_widths: tuple[int, ...] = (16, 64, 96, 192)
     student_flip_tta: bool = True  # also average the student with its mirrored pass (two passes per face)
+    # with student_flip_tta, the student also answers the face moved this many pixels down-right and up-left,
+    # each view with its mirror (6 passes; 0: off): +1.4 % on fold 4 (docs/accuracy.md). Test time only:
+    # train/mirror.py --tta-shift gives it to a student already trained
+    student_tta_shift: int = 3
     teacher_flip: bool = True  # the teacher answers each view with its mirrored pass too (twice its cost)
     distill: float = 0.5  # weight of the teacher's keypoints against the labels in the student's loss
     # live: the teacher answers every augmented view | cached: once per face, its answer moved with each
@@ -95,9 +99,6 @@ class Config:
     loss: str = "l1"  # l1 | mse
     aux68: float = 0.5  # weight of the 68-point labels as auxiliary targets (0 = off)
     flip_tta: bool = True  # average with the mirrored pass inside the exported model
-    # the exported model also averages the face moved this many pixels down-right and up-left (0: off); each
-    # view adds the passes of the mirror. Test time only: train/mirror.py gives it to a model already trained
-    tta_shift: int = 0
     max_train: int = 0  # use only the first N training faces (0 = all); for smoke runs
     threads: int = 0  # torch threads (0 = torch's default)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -157,6 +158,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
             parser.error(f"--no-teacher-flip: --teacher {path} has no model card beside it to rebuild it from")
     if cfg.teacher_views not in ("live", "cached"):
         parser.error("--teacher-views is live or cached")
+    if cfg.teacher_views == "cached" and args.get("view_reuse") is None:
+        cfg.view_reuse = 1  # the default replays live views; cached answers have nothing to replay
     if cfg.view_reuse < 1 or (cfg.view_reuse > 1 and cfg.teacher_views != "live"):
         parser.error("--view-reuse is at least 1, and above 1 only with --teacher-views live")
     if not 0 <= cfg.distill <= 1:
@@ -240,11 +243,13 @@ def exported_networks(model_file: Path) -> tuple[list[KeypointNet], bool] | None
     card = json.loads(card_file.read_text())
     config = card["config"]
     traced = torch.jit.load(str(model_file), map_location="cpu").eval()
-    widths = config["student_widths"] if config["student"] else config["widths"]
+    student = config.get("student", False)  # cards from before the student (commit bcb5090) lack these
+    widths = config["student_widths"] if student else config["widths"]
     nets = networks_from_weights(traced.state_dict(), tuple(widths), tuple(config["blocks"]), config["head"],
                                  config["head_width"], config["heatmap_size"])
-    shifts = shift_views(config.get("tta_shift", 0))
-    flip = card["network_passes_per_face"] == 2 * len(nets) * len(shifts)
+    shifts = shift_views(config.get("student_tta_shift", 0) if student and config["student_flip_tta"] else 0)
+    passes = card.get("network_passes_per_face", len(nets) * (2 if config.get("flip_tta") else 1))
+    flip = passes == 2 * len(nets) * len(shifts)
     probe = torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE)
     with torch.inference_mode():
         if not torch.allclose(ServingModel(nets, flip, shifts).eval()(probe), traced(probe), atol=1e-5):
@@ -452,7 +457,7 @@ def train(cfg: Config) -> dict:
         nets.append(net)
         member_scores.append(net_history[-1]["val_score"])
         history += net_history
-    ensemble = ServingModel(nets, cfg.flip_tta, shift_views(cfg.tta_shift)).eval() if nets else None
+    ensemble = ServingModel(nets, cfg.flip_tta).eval() if nets else None
     teacher_card: dict = {}
     if cfg.student:
         if cfg.teacher:
@@ -470,7 +475,8 @@ def train(cfg: Config) -> dict:
                                                  y_train, x_val, val_faces.keypoints, use_aux, precision,
                                                  teacher=teacher, flip_tta=cfg.student_flip_tta)
         history += student_history
-        exported = ServingModel(student, cfg.student_flip_tta, shift_views(cfg.tta_shift)).eval()
+        views = shift_views(cfg.student_tta_shift if cfg.student_flip_tta else 0)  # the bare pass without
+        exported = ServingModel(student, cfg.student_flip_tta, views).eval()
     else:
         exported = ensemble
 
