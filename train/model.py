@@ -145,7 +145,7 @@ def shifted(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
 
 
 def shift_views(shift: int) -> tuple[tuple[int, int], ...]:
-    """The test-time views of --tta-shift: the face as it is, and moved shift pixels down-right and up-left."""
+    """The test-time views of --student-tta-shift: the face as it is and moved shift pixels down-right and up-left."""
     return ((0, 0),) if shift == 0 else ((0, 0), (shift, shift), (-shift, -shift))
 
 
