@@ -19,6 +19,7 @@ from train.run import (
     COMMITTED_TEACHERS,
     _mirror_with_taught,
     _replayed_views,
+    build_teacher,
     exported_networks,
     load_teacher,
     lr_at,
@@ -130,6 +131,24 @@ def test_shifted_views_average_each_views_mirrored_answer_and_trace():
         assert torch.allclose(model(x), expected, atol=1e-6)
         assert torch.allclose(traced(x), expected, atol=1e-6)  # batch size stays free in the traced file
         assert (ServingModel(net)(x) - expected).abs().max() > 1e-5  # the moved views change the answer
+
+
+def test_a_teacher_with_moved_views_answers_the_mean_of_its_moved_answers(tmp_path):
+    torch.manual_seed(0)
+    net = KeypointNet((4, 8, 8, 8), (1, 1, 1, 1)).eval()
+    torch.jit.trace(ServingModel(net), torch.rand(2, 1, 96, 96)).save(str(tmp_path / "t.pt"))
+    x = torch.rand(3, 1, 96, 96)
+    for args, nets in ((["--members", "0", "--teacher", str(tmp_path / "t.pt")], []),  # a file
+                       (["--members", "1"], [net])):  # or this run's members
+        plain = build_teacher(parse_args(args), nets)
+        moved = build_teacher(parse_args([*args, "--teacher-tta-shift", "2"]), nets)
+        with torch.no_grad():
+            expected = torch.stack([plain(shifted(x, dx, dy)) - torch.tensor([dx, dy]) / HALF
+                                    for dx, dy in shift_views(2)]).mean(0)
+            assert torch.allclose(moved(x), expected, atol=1e-5)
+            assert (plain(x) - expected).abs().max() > 1e-5
+    with pytest.raises(SystemExit):
+        parse_args(["--teacher-tta-shift", "-1"])
 
 
 def test_label_mirror_is_an_involution_and_geometric_at_zero_offset():

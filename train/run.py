@@ -77,6 +77,9 @@ class Config:
     # train/mirror.py --tta-shift gives it to a student already trained
     student_tta_shift: int = 3
     teacher_flip: bool = True  # the teacher answers each view with its mirrored pass too (twice its cost)
+    # the teacher also answers each view moved this many pixels down-right and up-left, as --student-tta-shift
+    # (0: off; 3: three times its cost)
+    teacher_tta_shift: int = 0
     distill: float = 0.5  # weight of the teacher's keypoints against the labels in the student's loss
     # live: the teacher answers every augmented view | cached: once per face, its answer moved with each
     # view's geometry (the student's epoch 25 % faster, 1.2 % lower on fold 0: docs/accuracy.md)
@@ -156,6 +159,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
             parser.error(f"--teacher {path}: no such file (a TorchScript model from train/run.py)")
         if not cfg.teacher_flip and card_beside(Path(path)) is None:
             parser.error(f"--no-teacher-flip: --teacher {path} has no model card beside it to rebuild it from")
+    if cfg.student_tta_shift < 0 or cfg.teacher_tta_shift < 0:
+        parser.error("--student-tta-shift and --teacher-tta-shift are pixels, 0 or more")
     if cfg.teacher_views not in ("live", "cached"):
         parser.error("--teacher-views is live or cached")
     if cfg.teacher_views == "cached" and args.get("view_reuse") is None:
@@ -273,6 +278,18 @@ def load_teacher(spec: str, flip: bool = True) -> torch.nn.Module:
             raise ValueError(f"{path} has no model card beside it: its mirrored pass cannot be dropped")
         models.append(ServingModel(rebuilt[0], flip=False).eval())
     return models[0] if len(models) == 1 else ServingModel(models, flip=False).eval()  # their mean, as of members
+
+
+def build_teacher(cfg: Config, nets: list[KeypointNet]) -> torch.nn.Module:
+    """What the student learns from: --teacher's files, else this run's members; each view also answered
+    mirrored (--teacher-flip) and moved (--teacher-tta-shift), as a served model would answer it."""
+    if cfg.teacher:
+        teacher = load_teacher(cfg.teacher, cfg.teacher_flip)
+    else:
+        teacher = ServingModel(nets, cfg.teacher_flip).eval()
+    if cfg.teacher_tta_shift:
+        teacher = ServingModel([teacher], flip=False, shifts=shift_views(cfg.teacher_tta_shift)).eval()
+    return teacher.to(memory_format=torch.channels_last)  # its inputs are channels-last: 1.3x (train_network)
 
 
 def _fresh_views(x_train: torch.Tensor, y_train: torch.Tensor, order: torch.Tensor, cfg: Config,
@@ -460,13 +477,12 @@ def train(cfg: Config) -> dict:
     ensemble = ServingModel(nets, cfg.flip_tta).eval() if nets else None
     teacher_card: dict = {}
     if cfg.student:
-        if cfg.teacher:
-            teacher = load_teacher(cfg.teacher, cfg.teacher_flip)
-        else:  # the members of this run
-            teacher = ServingModel(nets, cfg.teacher_flip).eval()
-        teacher = teacher.to(memory_format=torch.channels_last)  # its inputs are channels-last: 1.3x (see above)
+        teacher = build_teacher(cfg, nets)
         teacher_pred = denormalize(predict(teacher, x_val))
-        teacher_card = {"source": cfg.teacher or f"the {len(nets)} members of this run, mirrored {cfg.teacher_flip}",
+        source = cfg.teacher or f"the {len(nets)} members of this run, mirrored {cfg.teacher_flip}"
+        if cfg.teacher_tta_shift:
+            source += f", views moved ±{cfg.teacher_tta_shift} px"
+        teacher_card = {"source": source,
                         "validation_score": metrics.score(teacher_pred, val_faces.keypoints),
                         "validation_rmse_px": metrics.rmse_px(teacher_pred, val_faces.keypoints)}
         print(f"teacher: {teacher_card['source']}: validation score {teacher_card['validation_score']:.1f}",
