@@ -27,6 +27,7 @@ from train.run import (
     predict,
     to_tensors,
 )
+from train.views_probe import turned, view_answer
 
 
 def test_quick_training_writes_a_standalone_torchscript_model(tmp_path, needs_data):
@@ -116,6 +117,17 @@ def test_a_shifted_view_moves_the_face_and_its_answer_is_moved_back():
     assert torch.allclose(answer, torch.tensor([(30 - HALF) / HALF, (40 - HALF) / HALF]).expand(1, 15, 2))
     for view in shift_views(2)[1:]:  # each view alone is wrong by its shift: the answer is not the identity's
         assert not torch.allclose(BrightestPixel()(shifted(image, *view)), answer)
+
+
+def test_a_zoomed_or_rotated_view_is_mapped_back_onto_the_face():
+    image = torch.zeros(1, 1, 96, 96)
+    image[0, 0, 40, 30] = 1.0
+    where = torch.tensor([(30 - HALF) / HALF, (40 - HALF) / HALF])
+    for scale, degrees in ((1.0, 0.0), (0.94, 0.0), (1.06, 0.0), (1.0, 6.0), (1.06, -6.0)):
+        answer = view_answer(BrightestPixel(), image, dx=2, dy=-1, scale=scale, degrees=degrees)
+        assert (answer[0, 0] - where).abs().max() <= 0.75 / HALF  # within the turned image's pixel rounding
+    seen = BrightestPixel()(turned(image, 1.06, 6.0))[0, 0]
+    assert (seen - where).abs().max() > 1 / HALF  # the turned view alone is not where the face is
 
 
 def test_shifted_views_average_each_views_mirrored_answer_and_trace():
