@@ -2,6 +2,7 @@
 
     python train/step_cost.py                      # the default run's teacher (train/teachers/long.pt+short.pt)
     python train/step_cost.py --teacher A.pt+B.pt  # another teacher
+    python train/step_cost.py --student-widths 16 96 128 256   # another student
 
 A benchmark, not a test: it times one batch of random faces for each part, on this machine, in the
 precision training picks here. Run it with nothing else training; docs/accuracy.md has its output.
@@ -49,12 +50,13 @@ def rebuilt(spec: str) -> torch.nn.Module:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default="+".join(os.path.relpath(path) for path in run.COMMITTED_TEACHERS))
+    parser.add_argument("--student-widths", type=int, nargs="+", default=list(run.Config.student_widths))
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args(argv)
     for path in args.teacher.split("+"):
         if run.card_beside(Path(path)) is None:
             parser.error(f"--teacher {path}: no model card beside it (a model from train/run.py)")
-    cfg = run.Config()
+    cfg = run.Config(student_widths=tuple(args.student_widths))
     precision = choose_precision(cfg.precision, torch.device("cpu"))
     torch.manual_seed(0)
     images = torch.rand(cfg.batch_size, 1, IMAGE_SIZE, IMAGE_SIZE).contiguous(memory_format=torch.channels_last)
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         ("student: forward, backward, AdamW", student_step),
     ]
     print(f"{machine()}, {precision}, {torch.get_num_threads()} threads, batch {cfg.batch_size}; "
-          f"teacher {args.teacher}", flush=True)
+          f"teacher {args.teacher}; student widths {cfg.student_widths}", flush=True)
     for name, step in parts:
         print(f"{milliseconds(step, args.repeats):7.1f} ms  {name}", flush=True)
     return 0
