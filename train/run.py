@@ -103,6 +103,7 @@ class Config:
     aux68: float = 0.5  # weight of the 68-point labels as auxiliary targets (0 = off)
     flip_tta: bool = True  # average with the mirrored pass inside the exported model
     max_train: int = 0  # use only the first N training faces (0 = all); for smoke runs
+    train_people: float = 1.0  # train on this seeded share of the training people: a learning curve (docs/accuracy.md)
     threads: int = 0  # torch threads (0 = torch's default)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -167,6 +168,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         cfg.view_reuse = 1  # the default replays live views; cached answers have nothing to replay
     if cfg.view_reuse < 1 or (cfg.view_reuse > 1 and cfg.teacher_views != "live"):
         parser.error("--view-reuse is at least 1, and above 1 only with --teacher-views live")
+    if not 0 < cfg.train_people <= 1:
+        parser.error("--train-people is a share of the training people, in (0, 1]")
     if not 0 <= cfg.distill <= 1:
         parser.error("--distill is a weight in [0, 1]")
     if cfg.folds < 2 or cfg.fold >= cfg.folds:
@@ -442,6 +445,8 @@ def train(cfg: Config) -> dict:
     if not val_complete.all():
         print(f"dropping {(~val_complete).sum()} validation rows with missing keypoints from scoring")
         val_faces = val_faces.subset(np.flatnonzero(val_complete))
+    if cfg.train_people < 1:
+        train_faces = facedata.keep_people(train_faces, cfg.train_people)
     if cfg.max_train:
         train_faces = train_faces.subset(np.arange(min(cfg.max_train, len(train_faces))))
     use_aux = cfg.aux68 > 0
