@@ -88,6 +88,7 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for row in result["per_fold"]:
@@ -99,6 +100,9 @@ def plot(result: dict, path: Path) -> None:
         ax.axvline(row["everyone"], color="0.8", lw=0.8)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):  # plain numbers, not powers of ten
+        axis.set_major_formatter(FormatStrFormatter("%d"))
+        axis.set_minor_formatter(FormatStrFormatter("%d"))
     ax.set_xlabel("training people")
     ax.set_ylabel("score on the fold's people never seen")
     ax.set_title(f"score ∝ people^{result['alpha']:.2f}; all people: ×{result['gain']:.3f}")
