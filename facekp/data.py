@@ -153,8 +153,8 @@ def keep_people(data: FaceData, fraction: float, seed: int = 0) -> FaceData:
         raise ValueError(f"the share of people to keep must be in (0, 1], not {fraction}")
     people = np.unique(data.people)
     order = np.random.default_rng(seed).permutation(len(people))
-    kept = set(people[order[: max(1, round(fraction * len(people)))]])
-    return data.subset(np.flatnonzero([p in kept for p in data.people]))
+    kept = people[order[: max(1, round(fraction * len(people)))]]
+    return data.subset(np.flatnonzero(np.isin(data.people, kept)))
 
 
 def complete_rows(data: FaceData) -> np.ndarray:

@@ -40,10 +40,10 @@ def test_an_exact_power_law_is_recovered_and_extrapolated_to_every_person(tmp_pa
 
 def test_a_noisy_curve_has_an_interval_about_its_fit(tmp_path):
     runs = _power_law_runs(tmp_path, alpha=0.3)
-    truth_file = runs[1] / "fold_0" / "predictions.npz"
-    saved = dict(np.load(truth_file))
+    predictions_file = runs[1] / "fold_0" / "predictions.npz"
+    saved = dict(np.load(predictions_file))
     saved["pred"] = saved["pred"] + np.random.default_rng(1).normal(0, 0.3, size=saved["pred"].shape)
-    np.savez(truth_file, **saved)
+    np.savez(predictions_file, **saved)
     result = fit(runs)
     low, high = result["alpha_95"]
     assert low < result["alpha"] < high and result["alpha"] != pytest.approx(0.3, abs=1e-6)

@@ -40,7 +40,8 @@ def load_folds(cv_dir: Path) -> dict[int, dict[str, np.ndarray]]:
     return found
 
 
-def _check_same_faces(a: dict[str, np.ndarray], b: dict[str, np.ndarray], fold: int, name_a: str, name_b: str) -> None:
+def check_same_faces(a: dict[str, np.ndarray], b: dict[str, np.ndarray], fold: int, name_a: str, name_b: str) -> None:
+    """Refuse two runs whose fold holds other faces: their scores could not be paired."""
     if not (np.array_equal(a["people"], b["people"]) and np.allclose(a["truth"], b["truth"])):
         raise ValueError(f"fold {fold} holds different faces in {name_a} and {name_b}: not the same split")
 
@@ -55,7 +56,7 @@ def load_run(spec: str) -> dict[int, dict[str, np.ndarray]]:
     averaged = {}
     for fold in sorted(set.intersection(*(set(run) for run in runs))):
         for run, part in zip(runs[1:], parts[1:], strict=True):
-            _check_same_faces(first[fold], run[fold], fold, parts[0], part)
+            check_same_faces(first[fold], run[fold], fold, parts[0], part)
         averaged[fold] = dict(first[fold], pred=np.mean([run[fold]["pred"] for run in runs], axis=0),
                               minutes=sum(float(run[fold]["minutes"]) for run in runs))  # trained one after another
     return averaged
@@ -87,7 +88,7 @@ def compare(dir_a: str | Path, dir_b: str | Path) -> dict:
     rows, mse_a, mse_b, people = [], [], [], []
     for fold in common:
         a, b = folds_a[fold], folds_b[fold]
-        _check_same_faces(a, b, fold, str(dir_a), str(dir_b))
+        check_same_faces(a, b, fold, str(dir_a), str(dir_b))
         rows.append({"fold": fold, "a": metrics.score(a["pred"], a["truth"]),
                      "b": metrics.score(b["pred"], b["truth"])})
         mse_a.append(metrics.per_image_mse(a["pred"], a["truth"]))

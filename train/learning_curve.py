@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from facekp import metrics  # noqa: E402
-from train.compare import _check_same_faces, load_folds  # noqa: E402
+from train.compare import check_same_faces, load_folds  # noqa: E402
 
 
 def train_people(run: Path, fold: int) -> int:
@@ -49,7 +49,7 @@ def fit(runs: list[Path], target: int | None = None, rounds: int = 2000, seed: i
     for fold in folds:
         first = loaded[0][fold]
         for run, found in zip(runs[1:], loaded[1:], strict=True):
-            _check_same_faces(first, found[fold], fold, str(runs[0]), str(run))
+            check_same_faces(first, found[fold], fold, str(runs[0]), str(run))
         counts = np.array([train_people(run, fold) for run in runs])
         if len(set(counts)) < 2:
             raise ValueError(f"fold {fold}: every run trained on {counts[0]} people; give runs of other shares")
@@ -63,14 +63,14 @@ def fit(runs: list[Path], target: int | None = None, rounds: int = 2000, seed: i
         draws_log_mse.append(np.log(sums[:, draw].sum(axis=2) / faces[draw].sum(axis=1)).T)  # (rounds, runs)
         biggest = int(np.argmax(counts))
         everyone = target or int(counts[biggest]) + len(names)
-        full.append((sums[biggest], faces, draw, np.log(everyone / counts[biggest])))
+        full.append((sums[biggest], draw, np.log(everyone / counts[biggest])))
         rows.append({"fold": fold, "people": counts.tolist(), "scores": [1 / (2 * m) for m in mse.mean(axis=1)],
                      "everyone": everyone})
 
     def gain(slope: float, draw_index: int | None) -> float:
         """Pooled score of the largest runs moved along the fit to everyone, over their pooled score."""
         now = moved = 0.0
-        for sums, _, draw, step in full:  # every fold keeps its faces: the ratio of scores is that of summed mse
+        for sums, draw, step in full:  # every fold keeps its faces: the ratio of scores is that of summed mse
             picked = sums.sum() if draw_index is None else sums[draw[draw_index]].sum()
             now += picked
             moved += picked * np.exp(slope * step)
