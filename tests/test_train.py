@@ -26,6 +26,7 @@ from train.run import (
     parse_args,
     predict,
     to_tensors,
+    train_network,
 )
 from train.views_probe import turned, view_answer
 
@@ -362,8 +363,28 @@ def test_the_committed_teachers_are_refused_to_a_run_that_validates_on_held_out_
     assert not (tmp_path / "model_card.json").exists()
 
 
+def test_scoring_the_validation_faces_less_often_changes_nothing_that_is_learned(faces):
+    x, y = to_tensors(faces)
+    cfg = parse_args(["--quick"])
+    trained = {}
+    for every in (1, 2):
+        cfg.val_every = every
+        net, history = train_network(cfg, 0, "[tiny]", 3, x[:96], y[:96], x[96:160], faces.keypoints[96:160],
+                                     use_aux=False, precision="fp32")
+        trained[every] = net, history
+    (every_epoch, scored_each), (fewer, scored_fewer) = trained[1], trained[2]
+    for name, value in every_epoch.state_dict().items():
+        assert torch.equal(value, fewer.state_dict()[name]), name
+    assert [h["train_loss"] for h in scored_each] == [h["train_loss"] for h in scored_fewer]
+    assert ["val_score" in h for h in scored_fewer] == [False, True, True]  # every 2nd epoch and the last
+    assert scored_fewer[1]["val_score"] == scored_each[1]["val_score"] > 0
+    assert "--val-every" in subprocess.run([sys.executable, str(REPO_ROOT / "train" / "run.py"), "--help"],
+                                           capture_output=True, text=True, timeout=120).stdout
+
+
 def test_contradictory_flags_are_refused_before_any_work(tmp_path):
     for args, message in ((["--no-student"], "--no-student exports the networks it trains"),
+                          (["--val-every", "0"], "--val-every is a number of epochs"),
                           (["--fold", "1", "--all-people"], "cannot also train on --all-people")):
         result = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "run.py"), *args, "--out", str(tmp_path)],
                                 capture_output=True, text=True, timeout=120)

@@ -37,12 +37,14 @@ def learning_curve(history: list[dict], path: Path, ensemble_score: float | None
     members = list(dict.fromkeys(h.get("member", "") for h in history))
     for k, member in enumerate(members):
         rows = [h for h in history if h.get("member", "") == member]
-        epochs = [h["epoch"] for h in rows]
+        scored = [h for h in rows if "val_score" in h]  # every --val-every epochs (cards before it: every epoch)
         name = f"member {member} " if len(members) > 1 else ""
-        ax1.plot(epochs, [h["val_score"] for h in rows], "o-", ms=3, color=f"C{k}", label=f"{name}alone".strip())
-        ax2.plot(epochs, [h["train_loss"] for h in rows], "o-", ms=3, color=f"C{k}", label=f"{name}train L1")
-        ax2b.plot(epochs, [h["val_rmse_px"] for h in rows], "s--", ms=3, color=f"C{k}", alpha=0.6,
-                  label=f"{name}val RMSE px")
+        ax1.plot([h["epoch"] for h in scored], [h["val_score"] for h in scored], "o-", ms=3, color=f"C{k}",
+                 label=f"{name}alone".strip())
+        ax2.plot([h["epoch"] for h in rows], [h["train_loss"] for h in rows], "o-", ms=3, color=f"C{k}",
+                 label=f"{name}train L1")
+        ax2b.plot([h["epoch"] for h in scored], [h["val_rmse_px"] for h in scored], "s--", ms=3, color=f"C{k}",
+                  alpha=0.6, label=f"{name}val RMSE px")
     if ensemble_score is not None and len(members) > 1:
         ax1.plot([history[-1]["epoch"]], [ensemble_score], "*", ms=12, color="black",
                  label=f"ensemble {ensemble_score:.1f}")
@@ -113,7 +115,7 @@ def cv_curves(cv_dirs: list[Path], path: Path) -> None:
         for card_file in sorted(cv_dir.glob("fold_*/model_card.json")):
             fold = int(card_file.parent.name.removeprefix("fold_"))
             history = json.loads(card_file.read_text())["history"]
-            first = [h for h in history if h.get("member") == history[0].get("member")]
+            first = [h for h in history if h.get("member") == history[0].get("member") and "val_score" in h]
             ax.plot([h["epoch"] for h in first], [h["val_score"] for h in first], ls=style, color=f"C{fold}",
                     label=f"{cv_dir.name}, fold {fold}")
     ax.set(xlabel="epoch", ylabel="score on the fold's own people (validated as exported)",

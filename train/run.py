@@ -105,6 +105,9 @@ class Config:
     max_train: int = 0  # use only the first N training faces (0 = all); for smoke runs
     train_people: float = 1.0  # train on this seeded share of the training people: a learning curve (docs/accuracy.md)
     threads: int = 0  # torch threads (0 = torch's default)
+    # score the validation faces every this many epochs (and after the last): a pass over them costs about a sixth of
+    # a student's epoch on all people (train/step_cost.py), and changes nothing that is learned
+    val_every: int = 5
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -168,6 +171,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         cfg.view_reuse = 1  # the default replays live views; cached answers have nothing to replay
     if cfg.view_reuse < 1 or (cfg.view_reuse > 1 and cfg.teacher_views != "live"):
         parser.error("--view-reuse is at least 1, and above 1 only with --teacher-views live")
+    if cfg.val_every < 1:
+        parser.error("--val-every is a number of epochs, at least 1")
     if not 0 < cfg.train_people <= 1:
         parser.error("--train-people is a share of the training people, in (0, 1]")
     if not 0 <= cfg.distill <= 1:
@@ -392,18 +397,18 @@ def train_network(cfg: Config, seed: int, tag: str, epochs: int, x_train: torch.
             ema.update_parameters(net)
             losses.append(loss.item())
             step += 1
-        pred = denormalize(predict(ServingModel(ema.module, flip_tta), x_val))
-        val_score = metrics.score(pred, val_keypoints)
-        label_offset = label_x_offset_px(ema.module)
+        row = {"member": tag, "seed": seed, "epoch": epoch, "train_loss": float(np.mean(losses))}
+        if epoch % cfg.val_every == 0 or epoch == epochs:  # the EMA weights scored: read only, nothing learned
+            pred = denormalize(predict(ServingModel(ema.module, flip_tta), x_val))
+            row.update(val_score=metrics.score(pred, val_keypoints), val_rmse_px=metrics.rmse_px(pred, val_keypoints),
+                       label_x_offset_px=label_x_offset_px(ema.module))
         elapsed = time.time() - start
-        history.append({"member": tag, "seed": seed, "epoch": epoch, "train_loss": float(np.mean(losses)),
-                        "val_score": val_score, "val_rmse_px": metrics.rmse_px(pred, val_keypoints),
-                        "label_x_offset_px": label_offset, "minutes": elapsed / 60})
+        history.append({**row, "minutes": elapsed / 60})
         left = elapsed / epoch * (epochs - epoch) + elapsed / epoch * epochs_after  # the whole run, roughly
-        print(f"{tag} epoch {epoch:3d}/{epochs}  loss {history[-1]['train_loss']:.4f}  "
-              f"val score {val_score:7.1f}  rmse {history[-1]['val_rmse_px']:.3f}px  "
-              f"label x offset {label_offset:+.2f}px  {elapsed / 60:5.1f} min  ~{left / 60:.1f} min left",
-              flush=True)
+        scored = (f"val score {row['val_score']:7.1f}  rmse {row['val_rmse_px']:.3f}px  "
+                  f"label x offset {row['label_x_offset_px']:+.2f}px" if "val_score" in row else " " * 55)
+        print(f"{tag} epoch {epoch:3d}/{epochs}  loss {row['train_loss']:.4f}  {scored}  "
+              f"{elapsed / 60:5.1f} min  ~{left / 60:.1f} min left", flush=True)
     return ema.module.to(memory_format=torch.contiguous_format).eval(), history  # exported as before
 
 

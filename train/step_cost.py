@@ -28,6 +28,8 @@ from train import run  # noqa: E402
 from train.augment import augment  # noqa: E402
 from train.model import ServingModel  # noqa: E402
 
+VALIDATION_FACES = 593  # the fixed split's validation people, scored after every epoch of train/run.py
+
 
 def milliseconds(step: Callable[[], object], repeats: int) -> float:
     """Median wall time of one call after warm-up (the traced file's first calls profile its graph)."""
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher", default="+".join(os.path.relpath(path) for path in run.COMMITTED_TEACHERS))
     parser.add_argument("--student-widths", type=int, nargs="+", default=list(run.Config.student_widths))
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--train-faces", type=int, default=3601, help="faces an epoch trains on (all people: 3601)")
     args = parser.parse_args(argv)
     for path in args.teacher.split("+"):
         if run.card_beside(Path(path)) is None:
@@ -78,6 +81,14 @@ def main(argv: list[str] | None = None) -> int:
         loss.backward()
         opt.step()
 
+    ema = torch.optim.swa_utils.AveragedModel(student, use_buffers=True,
+                                              avg_fn=lambda avg, new, n: avg + (new - avg) * (1 - cfg.ema_decay))
+    faces = torch.rand(VALIDATION_FACES, 1, IMAGE_SIZE, IMAGE_SIZE)
+    steps_per_epoch = -(-args.train_faces // cfg.batch_size)
+
+    def validation() -> None:  # once an epoch, as train_network scores its EMA weights
+        run.predict(ServingModel(ema.module, cfg.student_flip_tta), faces)
+
     parts = [
         ("augmentation", lambda: augment(images, targets, cfg.augment, gen, student.mirror)),
         ("teacher, the traced files (mirrored)",  # what training runs by default
@@ -87,11 +98,16 @@ def main(argv: list[str] | None = None) -> int:
         ("teacher, rebuilt, without the mirrored pass (--no-teacher-flip)",
          answer(run.load_teacher(args.teacher, flip=False).to(memory_format=torch.channels_last))),
         ("student: forward, backward, AdamW", student_step),
+        ("student: the EMA of its weights", lambda: ema.update_parameters(student)),
     ]
     print(f"{machine()}, {precision}, {torch.get_num_threads()} threads, batch {cfg.batch_size}; "
           f"teacher {args.teacher}; student widths {cfg.student_widths}", flush=True)
     for name, step in parts:
         print(f"{milliseconds(step, args.repeats):7.1f} ms  {name}", flush=True)
+    whole = milliseconds(validation, max(3, args.repeats // 5))
+    print(f"{whole / steps_per_epoch:7.1f} ms  validation after each epoch: {whole / 1000:.2f} s for "
+          f"{VALIDATION_FACES} faces{' and their mirror images' if cfg.student_flip_tta else ''} (float32), "
+          f"over an epoch's {steps_per_epoch} steps of {args.train_faces} faces", flush=True)
     return 0
 
 
