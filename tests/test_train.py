@@ -366,13 +366,9 @@ def test_the_committed_teachers_are_refused_to_a_run_that_validates_on_held_out_
 def test_scoring_the_validation_faces_less_often_changes_nothing_that_is_learned(faces):
     x, y = to_tensors(faces)
     cfg = parse_args(["--quick"])
-    trained = {}
-    for every in (1, 2):
-        cfg.val_every = every
-        net, history = train_network(cfg, 0, "[tiny]", 3, x[:96], y[:96], x[96:160], faces.keypoints[96:160],
-                                     use_aux=False, precision="fp32")
-        trained[every] = net, history
-    (every_epoch, scored_each), (fewer, scored_fewer) = trained[1], trained[2]
+    (every_epoch, scored_each), (fewer, scored_fewer) = (
+        train_network(dataclasses.replace(cfg, val_every=every), 0, "[tiny]", 3, x[:96], y[:96], x[96:160],
+                      faces.keypoints[96:160], use_aux=False, precision="fp32") for every in (1, 2))
     for name, value in every_epoch.state_dict().items():
         assert torch.equal(value, fewer.state_dict()[name]), name
     assert [h["train_loss"] for h in scored_each] == [h["train_loss"] for h in scored_fewer]

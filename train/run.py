@@ -105,7 +105,7 @@ class Config:
     max_train: int = 0  # use only the first N training faces (0 = all); for smoke runs
     train_people: float = 1.0  # train on this seeded share of the training people: a learning curve (docs/accuracy.md)
     threads: int = 0  # torch threads (0 = torch's default)
-    # score the validation faces every this many epochs (and after the last): a pass over them costs about a sixth of
+    # score the validation faces every this many epochs (and after the last): a pass over them costs about a fifth of
     # a student's epoch on all people (train/step_cost.py), and changes nothing that is learned
     val_every: int = 5
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -335,6 +335,12 @@ def _replayed_views(kept: list, batch_size: int, flip: float, gen: torch.Generat
         yield view.contiguous(memory_format=torch.channels_last), label, answer
 
 
+def weight_average(net: KeypointNet, decay: float) -> AveragedModel:
+    """The EMA of the weights that is scored and exported; its decay warms up so early epochs are not kept long."""
+    return AveragedModel(net, use_buffers=True,
+                         avg_fn=lambda avg, new, n: avg + (new - avg) * (1 - min(decay, (1 + n) / (10 + n))))
+
+
 def train_network(cfg: Config, seed: int, tag: str, epochs: int, x_train: torch.Tensor, y_train: torch.Tensor,
                   x_val: torch.Tensor, val_keypoints: np.ndarray, use_aux: bool, precision: str,
                   teacher: Teacher | None = None, flip_tta: bool = True,
@@ -350,9 +356,7 @@ def train_network(cfg: Config, seed: int, tag: str, epochs: int, x_train: torch.
     gen = torch.Generator().manual_seed(seed)
     # channels-last: oneDNN's convolutions run 1.3x faster on it in bf16 (1.1x in fp32), the same math.
     net = build_net(cfg, use_aux, student=teacher is not None).to(memory_format=torch.channels_last)
-    # EMA of the weights, its decay warming up so that early epochs are not averaged in for long.
-    ema = AveragedModel(net, use_buffers=True,
-                        avg_fn=lambda avg, new, n: avg + (new - avg) * (1 - min(cfg.ema_decay, (1 + n) / (10 + n))))
+    ema = weight_average(net, cfg.ema_decay)
     mirror, cached = net.mirror, teacher is not None and cfg.teacher_views == "cached"
     if cached:
         # The teacher answers each training face once; its keypoints then ride along with the labels
@@ -406,8 +410,8 @@ def train_network(cfg: Config, seed: int, tag: str, epochs: int, x_train: torch.
         history.append({**row, "minutes": elapsed / 60})
         left = elapsed / epoch * (epochs - epoch) + elapsed / epoch * epochs_after  # the whole run, roughly
         scored = (f"val score {row['val_score']:7.1f}  rmse {row['val_rmse_px']:.3f}px  "
-                  f"label x offset {row['label_x_offset_px']:+.2f}px" if "val_score" in row else " " * 55)
-        print(f"{tag} epoch {epoch:3d}/{epochs}  loss {row['train_loss']:.4f}  {scored}  "
+                  f"label x offset {row['label_x_offset_px']:+.2f}px" if "val_score" in row else "")
+        print(f"{tag} epoch {epoch:3d}/{epochs}  loss {row['train_loss']:.4f}  {scored:55}  "
               f"{elapsed / 60:5.1f} min  ~{left / 60:.1f} min left", flush=True)
     return ema.module.to(memory_format=torch.contiguous_format).eval(), history  # exported as before
 

@@ -28,7 +28,7 @@ from train import run  # noqa: E402
 from train.augment import augment  # noqa: E402
 from train.model import ServingModel  # noqa: E402
 
-VALIDATION_FACES = 593  # the fixed split's validation people, scored after every epoch of train/run.py
+VALIDATION_FACES = 593  # the fixed split's validation people, which train/run.py scores every --val-every epochs
 
 
 def milliseconds(step: Callable[[], object], repeats: int) -> float:
@@ -81,12 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         loss.backward()
         opt.step()
 
-    ema = torch.optim.swa_utils.AveragedModel(student, use_buffers=True,
-                                              avg_fn=lambda avg, new, n: avg + (new - avg) * (1 - cfg.ema_decay))
+    ema = run.weight_average(student, cfg.ema_decay)
     faces = torch.rand(VALIDATION_FACES, 1, IMAGE_SIZE, IMAGE_SIZE)
     steps_per_epoch = -(-args.train_faces // cfg.batch_size)
 
-    def validation() -> None:  # once an epoch, as train_network scores its EMA weights
+    def validation() -> None:  # as train_network scores its EMA weights
         run.predict(ServingModel(ema.module, cfg.student_flip_tta), faces)
 
     parts = [
@@ -107,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     whole = milliseconds(validation, max(3, args.repeats // 5))
     print(f"{whole / steps_per_epoch:7.1f} ms  validation after each epoch: {whole / 1000:.2f} s for "
           f"{VALIDATION_FACES} faces{' and their mirror images' if cfg.student_flip_tta else ''} (float32), "
-          f"over an epoch's {steps_per_epoch} steps of {args.train_faces} faces", flush=True)
+          f"over an epoch's {steps_per_epoch} steps of {args.train_faces} faces (train/run.py: every "
+          f"{cfg.val_every} epochs)", flush=True)
     return 0
 
 
