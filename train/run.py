@@ -68,9 +68,11 @@ class Config:
     student: bool = True  # distil the members (or --teacher) into one network, exported alone (with its mirror)
     teacher: str = ""  # a TorchScript keypoint model (A+B: their mean) to distil from; with --members 0 and
     # none given, the committed teachers (train/teachers/long.pt+short.pt)
-    # 60 left the student 2.4 % below its teacher; 100 score as 120 over five folds, a sixth faster (docs/accuracy.md)
+    # 60 left the student 2.4 % below its teacher; 100 score as 120 over five folds, in a fifth less time
+    # (docs/accuracy.md)
     student_epochs: int = 100
-    # the 24x24 stage and heatmap head twice a member's width: +55 % a pass, 702.4 over five folds (docs/accuracy.md)
+    # the 24x24 stage and heatmap head twice a member's width: +55 % a pass, 702.4 over five folds at 120 epochs
+    # (docs/accuracy.md)
     student_widths: tuple[int, ...] = (16, 64, 96, 192)
     student_flip_tta: bool = True  # also average the student with its mirrored pass (two passes per face)
     # with student_flip_tta, the student also answers the face moved this many pixels down-right and up-left,
