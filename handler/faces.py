@@ -153,7 +153,7 @@ def answer_photos(requests: list[dict[str, Any]], detector: FaceDetector, run_mo
         # the detector's boxes are in continuous coordinates (edges), the keypoints in pixel-centre ones
         detections = [Detection(tuple(v * scale for v in d.box), d.score, d.landmarks * scale) for d in detections]
         plain = faces_json(detections, [rescale(p, scale) for p in per_face], width, height)
-        replies[slot] = Reply(200, incoming.answer(plain, model_name))
+        replies[slot] = incoming.reply(plain, model_name)
     return replies  # type: ignore[return-value]
 
 

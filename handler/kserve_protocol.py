@@ -13,19 +13,36 @@ the protocols' numbers are exactly the plain answer's. One image per request:
 
 The `faces` model answers v2 with one row per face: "boxes" [N, 4] (x, y, width, height), "scores"
 [N] and "keypoints" [N, 15, 2], largest face first, plus "image_size"; N may be 0.
+
+v2's binary tensor data extension (what tritonclient sends by default) is read too: the header
+`Inference-Header-Content-Length: N`, then N bytes of JSON whose input says
+`"parameters": {"binary_data_size": M}` instead of `"data"`, then those M bytes: the BYTES tensor,
+each element a 4-byte little-endian length and then the image file itself (not base64). The
+answer honours the request's output choices: only the outputs it names, each as JSON `data` or,
+with `binary_data` (per output, else the request's `binary_data_output`), as raw little-endian
+bytes after the JSON, with the same header giving the JSON's length.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
+import struct
 from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
 
 from facekp.contract import NUM_KEYPOINTS
 
 V2_INPUT = "image"
 V2_OUTPUTS = ("keypoints", "image_size")
+BINARY_HEADER = "Inference-Header-Content-Length"
+"""The binary tensor data extension's header: how many bytes of the body are the JSON part."""
+
+WIRE_TYPES = {"FP32": "<f4", "INT32": "<i4"}
+"""How each output datatype is laid out as binary data (the protocol's: little-endian, row-major)."""
 
 V2_EXAMPLE = ('{"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["<base64 of the image '
               'file>"]}]}')
@@ -63,7 +80,8 @@ def _only_value_of_v2(body: Mapping[str, Any]) -> Any:
     tensor = inputs[0]
     if tensor.get("datatype") != "BYTES":
         raise ProtocolError(f"v2 request: input {tensor.get('name')!r} has datatype {tensor.get('datatype')!r}; "
-                            f"send the image file, base64-encoded, as BYTES: {V2_EXAMPLE}")
+                            "send the image file as BYTES (base64 in JSON, the file itself as binary data): "
+                            f"{V2_EXAMPLE}")
     data = tensor.get("data")
     if isinstance(data, list) and len(data) == 1:
         data = data[0]
@@ -87,9 +105,58 @@ def _only_value_of_v1(body: Mapping[str, Any]) -> Any:
     return instance
 
 
+def read_binary_request(body: bytes, json_length: Any) -> dict[str, Any]:
+    """A v2 request in the binary tensor data extension -> its JSON form, each binary input's elements
+    in its "data" as bytes (BYTES: the files themselves); ProtocolError says what does not add up."""
+    try:
+        length = int(json_length)
+    except (TypeError, ValueError):
+        length = -1
+    if not 0 < length <= len(body):
+        raise ProtocolError(f"{BINARY_HEADER} is {json_length!r}: it must be the length of the JSON part of the "
+                            f"{len(body)}-byte body")
+    try:
+        request = json.loads(body[:length])
+    except ValueError:
+        raise ProtocolError(f"the first {length} bytes of the body ({BINARY_HEADER}) are not JSON") from None
+    if protocol_of(request) != "v2" or not isinstance(request["inputs"], list):
+        raise ProtocolError("the JSON part of a binary request must be a v2 request with a list of 'inputs'")
+    offset = length
+    for tensor in request["inputs"]:
+        parameters = tensor.get("parameters") if isinstance(tensor, Mapping) else None
+        size = parameters.get("binary_data_size") if isinstance(parameters, Mapping) else None
+        if size is None:
+            continue
+        if not isinstance(size, int) or size < 0 or offset + size > len(body):
+            raise ProtocolError(f"input {tensor.get('name')!r} has binary_data_size {size!r}, but "
+                                f"{len(body) - offset} bytes of binary data are left")
+        raw = body[offset:offset + size]
+        offset += size
+        tensor["data"] = bytes_elements(raw) if tensor.get("datatype") == "BYTES" else raw
+    return request
+
+
+def bytes_elements(raw: bytes) -> list[bytes]:
+    """A BYTES tensor's binary form (each element: its length as 4 bytes little-endian, then its bytes) -> elements."""
+    elements, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise ProtocolError("the BYTES tensor's binary data ends inside an element's 4-byte length")
+        (size,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + size > len(raw):
+            raise ProtocolError(f"the BYTES tensor's element of {size} bytes is cut short at {len(raw) - offset}")
+        elements.append(raw[offset:offset + size])
+        offset += size
+    return elements
+
+
 def _decode_base64(value: Any) -> bytes:
+    """A JSON element is the image file in base64; a binary element (bytes) is the file itself."""
     if isinstance(value, (bytes, bytearray)):
-        value = bytes(value).decode("ascii", errors="replace")
+        if not value:
+            raise ProtocolError("the image element is empty: send the image file's bytes")
+        return bytes(value)
     if not isinstance(value, str) or not value:
         raise ProtocolError(f"the image must be a base64 string, got {type(value).__name__}")
     try:
@@ -123,6 +190,38 @@ def kserve_answer(protocol: str, answer: Mapping[str, Any], request: Mapping[str
                     "data": [image["width"], image["height"]]})
     reply["outputs"] = outputs
     return reply
+
+
+def encode_v2(reply: Mapping[str, Any], request: Mapping[str, Any]) -> tuple[dict[str, Any], bytes | None]:
+    """A v2 answer as the request asked for it: (its JSON part, the binary data to send after it or None).
+
+    Only the outputs the request names (all when it names none), in its order; each one binary when its
+    `binary_data` parameter says so, else when the request's `binary_data_output` does. ProtocolError
+    for an output the model does not have.
+    """
+    outputs = {output["name"]: output for output in reply["outputs"]}
+    default_binary = _parameter(request, "binary_data_output")
+    asked = request.get("outputs") or [{"name": name} for name in outputs]
+    if not isinstance(asked, list) or not all(isinstance(o, Mapping) for o in asked):
+        raise ProtocolError("v2 request: 'outputs' must be a list of {\"name\": ...} objects")
+    chosen, binary = [], []
+    for output in asked:
+        if output.get("name") not in outputs:
+            raise ProtocolError(f"v2 request asks for output {output.get('name')!r}; this model answers "
+                                f"{', '.join(map(repr, outputs))}")
+        tensor = dict(outputs[output["name"]])
+        wanted = _parameter(output, "binary_data")
+        if default_binary if wanted is None else wanted:
+            data = np.asarray(tensor.pop("data"), WIRE_TYPES[tensor["datatype"]]).tobytes()
+            tensor["parameters"] = {"binary_data_size": len(data)}
+            binary.append(data)
+        chosen.append(tensor)
+    return {**reply, "outputs": chosen}, (b"".join(binary) if binary else None)
+
+
+def _parameter(item: Mapping[str, Any], name: str) -> Any:
+    parameters = item.get("parameters")
+    return parameters.get(name) if isinstance(parameters, Mapping) else None
 
 
 def pass_torchserve_envelopes_through() -> None:

@@ -63,6 +63,16 @@ class Frame:
     pad_y: float
 
 
+@dataclass
+class Reply:
+    """One request's answer: its status and JSON body, and for a v2 answer with binary outputs the bytes
+    that follow the JSON (the Inference-Header-Content-Length header then says where the JSON ends)."""
+
+    status: int
+    body: dict[str, Any]
+    binary: bytes | None = None
+
+
 @dataclass(frozen=True)
 class Incoming:
     """One request's image file, and the KServe request it came in (None: a plain upload)."""
@@ -70,16 +80,24 @@ class Incoming:
     image: bytes
     envelope: Mapping[str, Any] | None = None
 
-    def answer(self, plain: dict[str, Any], model_name: str) -> dict[str, Any]:
-        """The plain answer in the form this request came in: as it is, or KServe v2/v1 (model_name goes into v2)."""
+    def reply(self, plain: dict[str, Any], model_name: str) -> Reply:
+        """The plain answer in the form this request came in: as it is, or KServe v2/v1 (model_name goes into v2),
+        v2 with the outputs it asked for, as JSON or binary data."""
         if self.envelope is None:
-            return plain
-        return kserve_protocol.kserve_answer(kserve_protocol.protocol_of(self.envelope), plain, self.envelope,
-                                             model_name)
+            return Reply(200, plain)
+        protocol = kserve_protocol.protocol_of(self.envelope)
+        answer = kserve_protocol.kserve_answer(protocol, plain, self.envelope, model_name)
+        if protocol != "v2":
+            return Reply(200, answer)
+        try:
+            return Reply(200, *kserve_protocol.encode_v2(answer, self.envelope))
+        except kserve_protocol.ProtocolError as err:
+            return Reply(400, error_json(RequestError(400, str(err))))
 
 
 def read_request(request: dict[str, Any], headers: Mapping[str, Any] | None = None) -> Incoming:
-    """The image of one TorchServe request: a raw body, exactly one multipart file, or a KServe v2/v1 JSON body.
+    """The image of one TorchServe request: a raw body, exactly one multipart file, or a KServe v2/v1 JSON body
+    (v2 also with binary tensor data, when the Inference-Header-Content-Length header says so).
 
     `headers` are TorchServe's properties of the request (its HTTP headers, plus per form part
     {"content-type": ...}, "" for a plain form field). They tell a form field from a file and an
@@ -92,7 +110,13 @@ def read_request(request: dict[str, Any], headers: Mapping[str, Any] | None = No
         raise RequestError(415, FORM_POST_MESSAGE)
     if "body" in request or "data" in request:
         body = request.get("body", request.get("data"))
-        if isinstance(body, (bytes, bytearray)) and body[:1] == b"{":
+        json_length = _header(headers, kserve_protocol.BINARY_HEADER.lower())
+        if json_length and isinstance(body, (bytes, bytearray)):  # v2 with binary tensor data (tritonclient's way)
+            try:
+                body = kserve_protocol.read_binary_request(bytes(body), json_length)
+            except kserve_protocol.ProtocolError as err:
+                raise RequestError(400, str(err)) from None
+        elif isinstance(body, (bytes, bytearray)) and body[:1] == b"{":
             body = _json_or_bytes(bytes(body))  # a KServe request sent without Content-Type: application/json
         if isinstance(body, (bytes, bytearray)):
             return Incoming(bytes(body))
@@ -263,12 +287,6 @@ def error_json(error: RequestError) -> dict[str, Any]:
     return {"error": error.message, "code": error.status}
 
 
-@dataclass
-class Reply:
-    status: int
-    body: dict[str, Any]
-
-
 def reply_for_failure(index: int, err: Exception) -> Reply:
     """The Reply for request `index` of a batch whose reading raised `err`: its own 4xx for bad input;
     for anything else (a bug, not bad input) a logged 500 for that request alone, never the whole batch."""
@@ -315,5 +333,5 @@ def answer_batch(
         outputs = run_model(np.stack(inputs))
         for slot, output, frame, incoming in zip(slots, outputs, frames, incomings, strict=True):
             plain = keypoints_json(to_image_coordinates(output, frame), frame)
-            replies[slot] = Reply(200, incoming.answer(plain, model_name))
+            replies[slot] = incoming.reply(plain, model_name)
     return replies  # type: ignore[return-value]

@@ -16,7 +16,7 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from handler.inference import choose_precision, model_runner
-from handler.kserve_protocol import pass_torchserve_envelopes_through
+from handler.kserve_protocol import BINARY_HEADER, pass_torchserve_envelopes_through
 from handler.processing import MAX_PIXELS, Reply
 
 logger = logging.getLogger(__name__)
@@ -43,10 +43,18 @@ class ServingHandler(BaseHandler):
         return [context.get_all_request_header(i) for i in range(len(data))]
 
     @staticmethod
-    def respond(replies: list[Reply], context) -> list[str]:
+    def respond(replies: list[Reply], context) -> list[str | bytes]:
+        answers: list[str | bytes] = []
         for i, reply in enumerate(replies):
-            context.set_response_content_type(i, "application/json")
             if reply.status != 200:
                 context.set_response_status(reply.status, HTTPStatus(reply.status).phrase, i)
-        # Serialized here, compact: TorchServe would otherwise pretty-print dicts with indent=2.
-        return [json.dumps(reply.body, separators=(",", ":")) for reply in replies]
+            # Serialized here, compact: TorchServe would otherwise pretty-print dicts with indent=2.
+            text = json.dumps(reply.body, separators=(",", ":"))
+            if reply.binary is None:
+                context.set_response_content_type(i, "application/json")
+                answers.append(text)
+            else:  # v2 binary outputs: the JSON part, then the tensors' bytes
+                context.set_response_content_type(i, "application/octet-stream")
+                context.set_response_header(i, BINARY_HEADER, str(len(text.encode())))
+                answers.append(text.encode() + reply.binary)
+        return answers
