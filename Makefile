@@ -36,10 +36,12 @@ stop: $(VENV)/.runtime
 
 .PHONY: serve-kserve stop-kserve
 KSERVE_PORT ?= 8085
+KSERVE_GRPC_PORT ?= 8086
 
-## serve-kserve: the KServe predictor without TorchServe (Open Inference Protocol v2) on 127.0.0.1:$(KSERVE_PORT)
+## serve-kserve: the KServe predictor without TorchServe (Open Inference Protocol v2): REST on
+## 127.0.0.1:$(KSERVE_PORT), gRPC on 127.0.0.1:$(KSERVE_GRPC_PORT) (KSERVE_GRPC_PORT=0: no gRPC)
 serve-kserve: $(VENV)/.kserve
-	$(PY) -m handler.kserve_server start --http_port $(KSERVE_PORT)
+	$(PY) -m handler.kserve_server start --http_port $(KSERVE_PORT) --grpc_port $(KSERVE_GRPC_PORT)
 
 stop-kserve: $(VENV)/.runtime
 	$(PY) -m handler.kserve_server stop

@@ -6,9 +6,12 @@ file and the same handler.processing functions as the TorchServe handler.
     python -m handler.kserve_server stop                      # (make stop-kserve)
 
 It speaks the Open Inference Protocol v2 over REST (POST /v2/models/keypoints/infer, GET
-/v2/health/ready, GET /v2/models/keypoints for metadata) and KServe v1
-(POST /v1/models/keypoints:predict); the request and answer forms are handler.kserve_protocol's.
-Bad input gets the same status and message as from TorchServe.
+/v2/health/ready, GET /v2/models/keypoints for metadata) and over gRPC (KServe's
+GRPCInferenceService, --grpc_port, 8086 by default), and KServe v1 (POST /v1/models/keypoints:predict).
+v2 inputs come as JSON (the image file in base64) or as binary tensor data (the file itself, what
+tritonclient sends); outputs go back as the request asks, JSON or binary. The request checks and
+answer forms are handler.kserve_protocol's. Bad input gets the same status and message as from
+TorchServe over REST, and INVALID_ARGUMENT with that message over gRPC.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -31,7 +35,7 @@ from facekp.contract import NUM_KEYPOINTS  # noqa: E402
 from facekp.server import port_in_use  # noqa: E402
 from handler.batching import MicroBatcher  # noqa: E402
 from handler.inference import choose_precision, model_runner  # noqa: E402
-from handler.kserve_protocol import V2_INPUT  # noqa: E402
+from handler.kserve_protocol import V2_INPUT, ProtocolError, image_from_kserve, kserve_answer  # noqa: E402
 from handler.processing import MAX_PIXELS, Reply, RequestError, answer_batch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +43,7 @@ MODEL_NAME = "keypoints"
 MODEL_FILE = REPO_ROOT / "model_store" / "keypoints.pt"
 RUN_DIR = REPO_ROOT / ".serve-kserve"
 DEFAULT_PORT = 8085
+DEFAULT_GRPC_PORT = 8086
 
 
 def make_model(name: str, model_file: Path, max_pixels: int = MAX_PIXELS, batch_size: int = 8,
@@ -46,7 +51,16 @@ def make_model(name: str, model_file: Path, max_pixels: int = MAX_PIXELS, batch_
     """The kserve Model: decoding, preprocessing and postprocessing are handler.processing's; requests
     that arrive together go through the network together (handler.batching, TorchServe's batching)."""
     import kserve
-    from kserve.protocol.infer_type import InferRequest
+    from kserve.errors import InvalidInput
+    from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+    class BadRequest(RequestError, InvalidInput):
+        """Bad input: over REST the status and message of RequestError (serve's handler); over gRPC
+        kserve's interceptor turns InvalidInput into INVALID_ARGUMENT with the same message."""
+
+        def __init__(self, status: int, message: str):
+            RequestError.__init__(self, status, message)
+            self.reason = message
 
     class KeypointModel(kserve.Model):
         def load(self) -> bool:
@@ -63,11 +77,39 @@ def make_model(name: str, model_file: Path, max_pixels: int = MAX_PIXELS, batch_
             return answer_batch([{"body": body} for body in bodies], self.run_model, max_pixels, None, self.name)
 
         async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
-            body = payload.to_rest()[0] if isinstance(payload, InferRequest) else payload
-            reply = await self.batcher.answer(body)
+            if isinstance(payload, InferRequest):  # v2, REST or gRPC, parsed by kserve
+                return await self.infer(payload)
+            return self.checked(await self.batcher.answer(payload)).body  # v1: the same JSON as TorchServe's
+
+        async def infer(self, request: InferRequest) -> InferResponse:
+            try:
+                image = image_from_kserve(v2_request_of(request))
+            except ProtocolError as err:
+                raise BadRequest(400, str(err)) from None
+            asked = [output.name for output in request.request_outputs or []]
+            unknown = set(asked) - {output["name"] for output in self.get_output_types()}
+            if unknown:
+                raise BadRequest(400, f"v2 request asks for output(s) {', '.join(map(repr, sorted(unknown)))}; this "
+                                      f"model answers {', '.join(repr(o['name']) for o in self.get_output_types())}")
+            plain = self.checked(await self.batcher.answer(image)).body
+            answer = {"id": request.id or "", **kserve_answer("v2", plain, {"id": request.id}, self.name)}
+            answer["outputs"] = [o for o in answer["outputs"] if not asked or o["name"] in asked]
+            binary = request.use_binary_outputs or any(o.binary_data for o in request.request_outputs or [])
+            if not request.from_grpc and not binary:
+                return answer  # JSON: the numbers exactly as TorchServe's handler writes them (kserve wants an id)
+            # kserve encodes the rest: binary data (REST), typed contents or raw (gRPC)
+            outputs = [InferOutput(o["name"], o["shape"], o["datatype"], o["data"]) for o in answer["outputs"]]
+            return InferResponse(answer["id"], self.name, outputs, from_grpc=request.from_grpc,
+                                 use_binary_outputs=request.use_binary_outputs,
+                                 requested_outputs=request.request_outputs)
+
+        @staticmethod
+        def checked(reply: Reply) -> Reply:
+            if reply.status >= 500:
+                raise RuntimeError(reply.body["error"])
             if reply.status != 200:
-                raise RequestError(reply.status, reply.body["error"])
-            return reply.body  # the same JSON as TorchServe's handler answers
+                raise BadRequest(reply.status, reply.body["error"])
+            return reply
 
         def get_input_types(self) -> list[dict]:
             return [{"name": V2_INPUT, "datatype": "BYTES", "shape": [1]}]
@@ -79,6 +121,78 @@ def make_model(name: str, model_file: Path, max_pixels: int = MAX_PIXELS, batch_
     model = KeypointModel(name)
     model.load()
     return model
+
+
+def v2_request_of(request: Any) -> dict[str, Any]:
+    """kserve's parsed v2 request (REST JSON or binary, gRPC) as the JSON form handler.kserve_protocol checks:
+    a BYTES input's elements are str (JSON: base64) or bytes (binary data, gRPC: the file itself)."""
+    inputs = []
+    for tensor in request.inputs:
+        item: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+        if tensor.datatype == "BYTES":
+            try:
+                item["data"] = tensor.as_numpy().ravel().tolist()
+            except (ValueError, struct.error) as err:
+                raise ProtocolError(f"v2 request: input {tensor.name!r} does not hold the shape "
+                                    f"{list(tensor.shape)} it declares ({err})") from None
+        inputs.append(item)
+    return {"inputs": inputs}
+
+
+def keep_binary_bytes_inputs() -> None:
+    """Work around kserve 0.21: a REST request with binary tensor data fails with a 500 for any image.
+
+    InferRequest.from_bytes reads each input's binary data, then re-encodes it as JSON data with
+    set_data_from_numpy(..., binary_data=False), which decodes BYTES elements as UTF-8: an image file
+    is not UTF-8, so it raises InferenceError ("Failed to encode"), and a file that happens to be
+    UTF-8 would turn into text. Here a BYTES input that holds binary data keeps the bytes as sent
+    (as_numpy() reads them). Upstream, from_bytes would skip that re-encoding for BYTES inputs.
+    """
+    from kserve.protocol.infer_type import InferInput
+
+    original = InferInput.set_data_from_numpy
+
+    def set_data_from_numpy(self, tensor, binary_data: bool = True) -> None:
+        if not binary_data and self.datatype == "BYTES" and self._raw_data is not None:
+            return
+        original(self, tensor, binary_data)
+
+    InferInput.set_data_from_numpy = set_data_from_numpy
+
+
+def read_headerless_bodies_as_json() -> None:
+    """Work around kserve 0.21 with FastAPI's strict content types: a JSON request sent without a
+    Content-Type (tritonclient's JSON-only requests) reaches kserve as bytes, and kserve then asks for
+    the Inference-Header-Content-Length header (a 400). The protocol says a body without that header
+    is all JSON, so that is what the header is taken to be."""
+    from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
+    from kserve.protocol.dataplane import DataPlane
+
+    original = DataPlane.decode_inference_request
+
+    def decode_inference_request(self, body, headers, model_name):
+        if isinstance(body, bytes) and INFERENCE_CONTENT_LENGTH_HEADER not in headers:
+            headers = {**headers, INFERENCE_CONTENT_LENGTH_HEADER: str(len(body))}
+        return original(self, body, headers, model_name)
+
+    DataPlane.decode_inference_request = decode_inference_request
+
+
+def bind_grpc_to(host: str) -> None:
+    """kserve 0.21's gRPC server always listens on [::]; locally the service stays on loopback."""
+    from kserve.protocol.grpc import server as grpc_server
+
+    aio = grpc_server.aio
+
+    class BoundAio:
+        @staticmethod
+        def server(*args, **kwargs):
+            server = aio.server(*args, **kwargs)
+            add_port = server.add_insecure_port
+            server.add_insecure_port = lambda address: add_port(address.replace("[::]", host, 1))
+            return server
+
+    grpc_server.aio = BoundAio
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -101,10 +215,15 @@ def serve(args: argparse.Namespace) -> None:
         return JSONResponse(status_code=err.status, content={"error": err.message, "code": err.status})
 
     model_server.app.add_exception_handler(RequestError, request_error)
+    keep_binary_bytes_inputs()
+    read_headerless_bodies_as_json()
+    bind_grpc_to(args.bind)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = make_model(args.model_name, args.model_file, args.max_pixels, args.batch_size, args.max_batch_delay_ms)
-    kserve.ModelServer(http_port=args.http_port, enable_grpc=False, workers=1).start([model])
+    grpc = args.grpc_port > 0
+    kserve.ModelServer(http_port=args.http_port, grpc_port=args.grpc_port if grpc else DEFAULT_GRPC_PORT,
+                       enable_grpc=grpc, workers=1).start([model])
 
 
 def _pid_file(run_dir: Path) -> Path:
@@ -128,11 +247,13 @@ def start(args: argparse.Namespace) -> int:
         print(f"error: the kserve predictor in {run_dir} is already running (pid {running_pid(run_dir)}): "
               "make stop-kserve", file=sys.stderr)
         return 1
-    if port_in_use(args.bind, args.http_port):
-        print(f"error: port {args.bind}:{args.http_port} is already in use by another program; free it or pick "
-              "another (make serve-kserve KSERVE_PORT=...)", file=sys.stderr)
-        return 1
+    for port, variable in ((args.http_port, "KSERVE_PORT"), (args.grpc_port, "KSERVE_GRPC_PORT")):
+        if port > 0 and port_in_use(args.bind, port):
+            print(f"error: port {args.bind}:{port} is already in use by another program; free it or pick "
+                  f"another (make serve-kserve {variable}=...)", file=sys.stderr)
+            return 1
     cmd = [sys.executable, "-m", "handler.kserve_server", "run", "--http_port", str(args.http_port),
+           "--grpc_port", str(args.grpc_port),
            "--bind", args.bind, "--model_file", str(args.model_file), "--model_name", args.model_name,
            "--threads", str(args.threads), "--batch_size", str(args.batch_size),
            "--max_batch_delay_ms", str(args.max_batch_delay_ms)]
@@ -148,8 +269,10 @@ def start(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 1
         try:
-            if requests.get(f"{url}/v2/health/ready", timeout=2).ok:
-                print(f"ready: kserve predictor for model '{args.model_name}' on {url} (log {log})")
+            grpc_ready = args.grpc_port <= 0 or port_in_use(args.bind, args.grpc_port)
+            if requests.get(f"{url}/v2/health/ready", timeout=2).ok and grpc_ready:
+                grpc = f", gRPC {args.bind}:{args.grpc_port}" if args.grpc_port > 0 else ""
+                print(f"ready: kserve predictor for model '{args.model_name}' on {url}{grpc} (log {log})")
                 print(f"try:  {try_command(url, args.model_name)}")
                 print("stop: make stop-kserve")
                 return 0
@@ -189,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["run", "start", "stop"])
     parser.add_argument("--http_port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--grpc_port", type=int, default=DEFAULT_GRPC_PORT, help="gRPC v2 port (0: no gRPC)")
     parser.add_argument("--bind", default="127.0.0.1", help="address to listen on (the container: 0.0.0.0)")
     parser.add_argument("--model_file", type=Path, default=MODEL_FILE)
     parser.add_argument("--model_name", default=MODEL_NAME)
