@@ -7,6 +7,7 @@ for and how to get it) and the rest run; under CI=true a missing data set fails 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,10 +17,21 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+KSERVE_CONFIG = REPO / "k8s" / "kserve" / "config" / "config.properties"
 sys.path.insert(0, str(REPO))
 
 from facekp import data as facedata  # noqa: E402
-from facekp.server import KEYPOINTS, MODEL_FILE, ModelSpec, Service, build_archive, free_ports  # noqa: E402
+from facekp.server import (  # noqa: E402
+    FACES,
+    KEYPOINTS,
+    MODEL_FILE,
+    REPO_ROOT,
+    ModelSpec,
+    Service,
+    build_archive,
+    free_port,
+    free_ports,
+)
 
 
 @contextmanager
@@ -97,3 +109,44 @@ def validation_faces(faces) -> facedata.FaceData:
 def face_pixels(validation_faces) -> np.ndarray:
     """One real 96x96 validation face."""
     return validation_faces.images[0]
+
+
+# --- the two KServe routes, started once for test_kserve.py and test_kserve_clients.py ---------------
+@pytest.fixture(scope="session")
+def torchserve_kserve(tmp_path_factory):
+    """TorchServe as KServe's runtime starts it: the shipped config, models from its model_snapshot."""
+    root = tmp_path_factory.mktemp("kserve-torchserve")
+    with running_service(root, specs=(KEYPOINTS, FACES), config=KSERVE_CONFIG,
+                         extra_config={"model_store": str(root / "store")}, models_from_config=True) as service:
+        yield service
+
+
+@pytest.fixture(scope="session")
+def kserve_predictor_addresses(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """The kserve predictor started the way `make serve-kserve` starts it, on free ports: REST and gRPC."""
+    run_dir = tmp_path_factory.mktemp("kserve-predictor")
+    port, grpc_port = free_port(), free_port()
+    command = [sys.executable, "-m", "handler.kserve_server"]
+    started = subprocess.run([*command, "start", "--http_port", str(port), "--grpc_port", str(grpc_port),
+                              "--run_dir", str(run_dir)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=200)
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert (f"ready: kserve predictor for model 'keypoints' on http://127.0.0.1:{port}, gRPC 127.0.0.1:{grpc_port}"
+            in started.stdout)
+    try:
+        yield {"http": f"http://127.0.0.1:{port}", "grpc": f"127.0.0.1:{grpc_port}", "log": str(run_dir / "kserve.log")}
+    finally:
+        stopped = subprocess.run([*command, "stop", "--run_dir", str(run_dir)], cwd=REPO_ROOT,
+                                 capture_output=True, text=True, timeout=60)
+        assert "stopped" in stopped.stdout
+
+
+@pytest.fixture(scope="session")
+def kserve_predictor(kserve_predictor_addresses) -> str:
+    """The predictor's REST address, http://127.0.0.1:PORT."""
+    return kserve_predictor_addresses["http"]
+
+
+@pytest.fixture(scope="session")
+def kserve_grpc(kserve_predictor_addresses) -> str:
+    """The predictor's gRPC address, 127.0.0.1:PORT."""
+    return kserve_predictor_addresses["grpc"]

@@ -1,8 +1,11 @@
-"""KServe, both routes, over real HTTP on free loopback ports:
+"""KServe, both routes, over real HTTP on free loopback ports, with JSON requests:
 
 1. TorchServe started with k8s/kserve/config/config.properties (service_envelope=kservev2, the
    model_snapshot's batching): v2 and v1 requests, 16 concurrent distinct faces.
 2. The kserve predictor without TorchServe (handler/kserve_server.py, `make serve-kserve`).
+
+Both servers are conftest's (one each for the whole run); tests/test_kserve_clients.py sends them
+what standard Open Inference Protocol clients send.
 
 The faces are cut from the committed public-domain photo, so these tests need no data set.
 """
@@ -22,10 +25,8 @@ import requests
 from PIL import Image
 
 from facekp.contract import KEYPOINT_NAMES
-from facekp.server import FACES, KEYPOINTS, REPO_ROOT, free_port
-from tests.conftest import running_service
+from facekp.server import REPO_ROOT
 
-KSERVE_CONFIG = REPO_ROOT / "k8s" / "kserve" / "config" / "config.properties"
 PHOTO = REPO_ROOT / "samples" / "astronaut.png"
 CONCURRENT = 16
 
@@ -63,33 +64,6 @@ def plain_keypoints(reply: dict) -> np.ndarray:
 @pytest.fixture(scope="module")
 def faces() -> list[bytes]:
     return distinct_faces()
-
-
-@pytest.fixture(scope="module")
-def torchserve_kserve(tmp_path_factory):
-    """TorchServe as KServe's runtime starts it: the shipped config, models from its model_snapshot."""
-    root = tmp_path_factory.mktemp("kserve-torchserve")
-    with running_service(root, specs=(KEYPOINTS, FACES), config=KSERVE_CONFIG,
-                         extra_config={"model_store": str(root / "store")}, models_from_config=True) as service:
-        yield service
-
-
-@pytest.fixture(scope="module")
-def kserve_predictor(tmp_path_factory):
-    """The kserve predictor started the way `make serve-kserve` starts it, on a free port."""
-    run_dir = tmp_path_factory.mktemp("kserve-predictor")
-    port = free_port()
-    command = [sys.executable, "-m", "handler.kserve_server"]
-    started = subprocess.run([*command, "start", "--http_port", str(port), "--run_dir", str(run_dir)],
-                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=200)
-    assert started.returncode == 0, started.stdout + started.stderr
-    assert f"ready: kserve predictor for model 'keypoints' on http://127.0.0.1:{port}" in started.stdout
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stopped = subprocess.run([*command, "stop", "--run_dir", str(run_dir)], cwd=REPO_ROOT,
-                                 capture_output=True, text=True, timeout=60)
-        assert "stopped" in stopped.stdout
 
 
 # --- TorchServe behind KServe ----------------------------------------------------------------------
