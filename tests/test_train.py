@@ -463,11 +463,11 @@ def test_shipped_model_is_one_network_with_its_mirrored_and_moved_views_within_t
     assert model_file.stat().st_size == card["size_bytes"] < 20_000_000
     assert card["network_passes_per_face"] == 6 and card["config"]["student_flip_tta"]  # docs/performance.md
     assert card["config"]["student_tta_shift"] == 3  # the face as it is and moved 3 px both ways, each mirrored
-    assert card["data"]["train_people"] == 295  # issue 12: the shipped model trains on every person
-    # Its training time is recorded, not asserted: wall time differs 1.5-2x between the CPUs sessions get
-    # (docs/accuracy.md has it per CPU).
+    assert card["data"]["train_people"] == 295  # the shipped model trains on every person
+    # Its training time is recorded, not asserted: wall time differs 1.5-2x between a 2-core Xeon with AMX and a
+    # 2-core EPYC (docs/accuracy.md has it per CPU).
     assert card["teacher"]["validation_score"] > 700 and card["training_minutes"] > 0
-    estimate = card["cross_validation"]  # issue 12: the estimate the recipe was chosen by, over all 295 people
+    estimate = card["cross_validation"]  # the estimate the recipe was chosen by, over all 295 people
     assert estimate["folds_done"] == [0, 1, 2, 3, 4] and estimate["people"] == 295
 
 

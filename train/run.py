@@ -547,7 +547,7 @@ def train(cfg: Config) -> dict:
         "config": dataclasses.asdict(cfg),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "machine": machine(),  # training_minutes differ 1.5-2x between the CPUs sessions get
+        "machine": machine(),  # training_minutes differ 1.5-2x between CPUs (a 2-core Xeon with AMX, a 2-core EPYC)
         "command": command_line(),
         "history": history,
     }
