@@ -1,4 +1,4 @@
-"""train/record.py: cross-validation folds kept in git without the data set, and restored from it."""
+"""train/studies/record.py: cross-validation folds kept in git without the data set, and restored from it."""
 
 import json
 import zipfile
@@ -8,7 +8,8 @@ import pytest
 
 from facekp import data as facedata
 from facekp import metrics
-from train import cv, record
+from train import cv
+from train.studies import record
 
 
 def _run_fold(run_dir, faces, fold, noise_px, seed=0):
