@@ -16,12 +16,15 @@ FENCE = re.compile(r"^(```|~~~).*?^\1", re.M | re.S)
 INLINE_CODE = re.compile(r"`[^`\n]*`")
 HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.M)
 
-# The word "session" is allowed only in code's own meanings: a requests or onnxruntime session and the
-# names holding one, pytest's session scope, a new process session.
-SESSION = re.compile(r"\bsessions?\b", re.I)
-CODE_SESSIONS = re.compile(
-    r"requests\.Session\b|\bInferenceSession\b|scope=\"session\"|start_new_session|\bsetsid\b"
-    r"|\b\w+\.session\b|\bsession(?:\(\))?\.\w+\(|\bas session\b|\bsession = |= session$|\"session\"|\bdef session\(\)"
+# The word for a sitting of work (WORD) is allowed only in code's own meanings: a requests or onnxruntime
+# client object and the names holding one, pytest's widest fixture scope, a new process group. The tests
+# spell it WORD so that this file passes its own check.
+WORD = "sess" + "ion"
+WRITING_TALK = re.compile(rf"\b{WORD}s?\b", re.I)
+W = WORD[1:]
+CODE_MEANINGS = re.compile(
+    rf"requests\.S{W}\b|\bInferenceS{W}\b|scope=\"s{W}\"|start_new_s{W}|\bsetsid\b"
+    rf"|\b\w+\.s{W}\b|\bs{W}(?:\(\))?\.\w+\(|\bas s{W}\b|\bs{W} = |= s{W}$|\"s{W}\"|\bdef s{W}\(\)"
 )
 ISSUE_NUMBER = re.compile(r"\bissue [0-9]+", re.I)
 
@@ -93,25 +96,26 @@ def test_the_link_checker_finds_broken_links_and_anchors(tmp_path):
 
 
 @pytest.mark.parametrize("line, allowed", [
-    ("with requests.Session() as session:", True),
-    ("reply = session.post(url, data=body)", True),
-    ('if not hasattr(local, "session"):', True),
-    ("local.session = requests.Session()", True),
-    ("local.session = session", True),
-    ('@pytest.fixture(scope="session")', True),
-    ("subprocess.Popen(cmd, start_new_session=True)", True),
-    ("self.session = ort.InferenceSession(path)", True),
-    ("measured in session 22 on this Xeon", False),
-    ("gathered over several sessions", False),
-    ("the EPYC some sessions get", False),
+    ("with requests.S{w}() as s{w}:", True),
+    ("reply = s{w}.post(url, data=body)", True),
+    ('if not hasattr(local, "s{w}"):', True),
+    ("local.s{w} = requests.S{w}()", True),
+    ("local.s{w} = s{w}", True),
+    ('@pytest.fixture(scope="s{w}")', True),
+    ("subprocess.Popen(cmd, start_new_s{w}=True)", True),
+    ("self.s{w} = ort.InferenceS{w}(path)", True),
+    ("measured in s{w} 22 on that machine", False),
+    ("gathered over several s{w}s", False),
+    ("the EPYC some s{w}s get", False),
 ])
-def test_the_session_rule_tells_code_from_prose(line, allowed):
-    assert (not SESSION.search(CODE_SESSIONS.sub("", line))) == allowed
+def test_the_word_rule_tells_code_from_prose(line, allowed):
+    line = line.format(w=WORD[1:])
+    assert (not WRITING_TALK.search(CODE_MEANINGS.sub("", line))) == allowed
 
 
-def test_no_talk_of_sessions_and_no_issue_numbers():
+def test_no_talk_of_the_writing_and_no_issue_numbers():
     """The repository describes the project: name the machine, the date or the commit instead."""
-    sessions, issues = [], []
+    talk, issues = [], []
     for path in tracked():
         try:
             text = path.read_text()
@@ -119,9 +123,9 @@ def test_no_talk_of_sessions_and_no_issue_numbers():
             continue
         for number, line in enumerate(text.splitlines(), 1):
             where = f"{path.relative_to(REPO_ROOT)}:{number}: {line.strip()[:100]}"
-            if path.suffix in {".md", ".py"} and SESSION.search(CODE_SESSIONS.sub("", line)):
-                sessions.append(where)
+            if path.suffix in {".md", ".py"} and WRITING_TALK.search(CODE_MEANINGS.sub("", line)):
+                talk.append(where)
             if ISSUE_NUMBER.search(line):
                 issues.append(where)
-    assert not sessions, sessions
+    assert not talk, talk
     assert not issues, issues
