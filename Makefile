@@ -56,7 +56,7 @@ archive: $(VENV)/.runtime
 samples: $(VENV)/.runtime
 	@test -f samples/face_0.png || $(PY) -m facekp.samples --out samples --if-found
 
-## train: the shipped recipe (a student of train/teachers/ on all 295 people: 40 min on a 2-core Xeon, 78 on an EPYC); writes model_store/keypoints.pt and model_card.json
+## train: the shipped recipe (a student of train/teachers/ on all 295 people: 22 min on a 2-core Xeon with AMX); writes model_store/keypoints.pt and model_card.json
 train: $(VENV)/.runtime
 	$(PY) train/run.py
 

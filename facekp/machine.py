@@ -1,4 +1,4 @@
-"""What ran a measurement: training cards and benchmark reports record it, since CPUs differ 1.5-2x between sessions."""
+"""What ran a measurement: training cards and benchmark reports record it, since 2-core CPUs differ 1.5-2x in speed."""
 
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ from loadtest.images import build_mix, describe
 from loadtest.loadgen import run_load
 from loadtest.served import CONFIGS, Config, served_point, shipped_config, start_service
 
-BASELINE = "9a2cdaa"  # the four-pass model of issue 13 ("today's model")
+BASELINE = "9a2cdaa"  # the four-pass model shipped 2026-11-28 (two networks, each with its mirrored pass)
 BASELINE_SERVING = next(c for c in CONFIGS if c.name == "b8-d5-w2t1")  # serve/model-config.yaml at that commit
 SHIPPED_SERVING = shipped_config()  # serve/model-config.yaml now
 OUT_CSV = REPO_ROOT / "docs" / "performance" / "models.csv"

@@ -1,11 +1,11 @@
-"""train/compare.py: two cross-validation runs compared on the same people."""
+"""train/studies/compare.py: two cross-validation runs compared on the same people."""
 
 import json
 
 import numpy as np
 
 from train import cv
-from train.compare import compare, main
+from train.studies.compare import compare, main
 
 
 def _fold(cv_dir, fold, people, truth, pred):

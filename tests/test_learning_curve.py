@@ -1,11 +1,11 @@
-"""train/learning_curve.py: a power law of score against training people, fitted and extrapolated."""
+"""train/studies/learning_curve.py: a power law of score against training people, fitted and extrapolated."""
 
 import json
 
 import numpy as np
 import pytest
 
-from train.learning_curve import fit, main
+from train.studies.learning_curve import fit, main
 
 
 def _fold(run, fold, people, truth, pred, train_people):

@@ -1,4 +1,4 @@
-"""train/record.py: cross-validation folds kept in git without the data set, and restored from it."""
+"""train/studies/record.py: cross-validation folds kept in git without the data set, and restored from it."""
 
 import json
 import zipfile
@@ -8,7 +8,8 @@ import pytest
 
 from facekp import data as facedata
 from facekp import metrics
-from train import cv, record
+from train import cv
+from train.studies import record
 
 
 def _run_fold(run_dir, faces, fold, noise_px, seed=0):
@@ -44,11 +45,11 @@ def test_a_restored_record_is_the_run_it_was_saved_from_without_the_data_set_in_
     assert cv.main(["--folds", "5", "--out", str(tmp_path / "back"), "--summary"]) == 0  # read as a run trained here
 
 
-def test_folds_saved_by_different_sessions_add_up_in_one_record(tmp_path, faces):
+def test_folds_saved_at_different_times_add_up_in_one_record(tmp_path, faces):
     _run_fold(tmp_path / "monday", faces, 4, noise_px=1.0)
     _run_fold(tmp_path / "tuesday", faces, 0, noise_px=1.0, seed=1)
-    for session in ("monday", "tuesday"):
-        record.main(["save", str(tmp_path / session), "--to", str(tmp_path / "rec")])
+    for day in ("monday", "tuesday"):
+        record.main(["save", str(tmp_path / day), "--to", str(tmp_path / "rec")])
     record.main(["restore", str(tmp_path / "rec"), "--to", str(tmp_path / "both")])
     assert sorted(path.name for path in (tmp_path / "both").glob("fold_*")) == ["fold_0", "fold_4"]
 

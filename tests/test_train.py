@@ -28,7 +28,7 @@ from train.run import (
     to_tensors,
     train_network,
 )
-from train.views_probe import turned, view_answer
+from train.studies.views_probe import turned, view_answer
 
 
 def test_quick_training_writes_a_standalone_torchscript_model(tmp_path, needs_data):
@@ -225,8 +225,8 @@ def _cv(*args: str, **kwargs) -> subprocess.CompletedProcess:
 
 
 def _mirror(source, target, *args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO_ROOT / "train" / "mirror.py"), str(source), str(target), *args],
-                          capture_output=True, text=True, timeout=300, **kwargs)
+    command = [sys.executable, str(REPO_ROOT / "train" / "studies" / "mirror.py"), str(source), str(target), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -282,14 +282,14 @@ def test_a_mirrored_student_is_the_same_network_with_its_mirrored_pass(tmp_path,
     assert not np.allclose(both, direct, atol=1e-4)  # the mirrored pass changes the answer
     assert _cv("--out", str(mirrored), "--summary", check=True).returncode == 0  # what trained it stays on record
     recipe = json.loads((mirrored / "cv.json").read_text())["fold_commands"][0]
-    assert recipe.startswith("python train/cv.py") and "then train/mirror.py of " in recipe
+    assert recipe.startswith("python train/cv.py") and "then train/studies/mirror.py of " in recipe
     refused = _mirror(teachers, tmp_path / "t")
     assert refused.returncode == 2 and "is not a student" in refused.stderr
 
 
 def test_the_views_probe_scores_a_folds_network_with_each_shift_on_the_folds_people(cv_students, faces):
     teachers, _ = cv_students
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "views_probe.py"),
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "studies" / "views_probe.py"),
                              str(teachers / "fold_2" / "keypoints.pt"), "--max-shift", "1"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -463,11 +463,11 @@ def test_shipped_model_is_one_network_with_its_mirrored_and_moved_views_within_t
     assert model_file.stat().st_size == card["size_bytes"] < 20_000_000
     assert card["network_passes_per_face"] == 6 and card["config"]["student_flip_tta"]  # docs/performance.md
     assert card["config"]["student_tta_shift"] == 3  # the face as it is and moved 3 px both ways, each mirrored
-    assert card["data"]["train_people"] == 295  # issue 12: the shipped model trains on every person
-    # Its training time is recorded, not asserted: wall time differs 1.5-2x between the CPUs sessions get
-    # (docs/accuracy.md has it per CPU).
+    assert card["data"]["train_people"] == 295  # the shipped model trains on every person
+    # Its training time is recorded, not asserted: wall time differs 1.5-2x between a 2-core Xeon with AMX and a
+    # 2-core EPYC (docs/accuracy.md has it per CPU).
     assert card["teacher"]["validation_score"] > 700 and card["training_minutes"] > 0
-    estimate = card["cross_validation"]  # issue 12: the estimate the recipe was chosen by, over all 295 people
+    estimate = card["cross_validation"]  # the estimate the recipe was chosen by, over all 295 people
     assert estimate["folds_done"] == [0, 1, 2, 3, 4] and estimate["people"] == 295
 
 

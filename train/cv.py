@@ -145,11 +145,11 @@ def fold_recipes(files: list[Path]) -> list[str]:
     recipes = []
     for path in files:
         card_file = path.parent / run.CARD_FILE
-        if not card_file.is_file():  # e.g. an ensemble's predictions written by train/compare.py --save
+        if not card_file.is_file():  # e.g. an ensemble's predictions written by train/studies/compare.py --save
             recipes.append(f"{path.parent}: no model card")
             continue
         card = json.loads(card_file.read_text())
-        mirrored = f" (then train/mirror.py of {card['mirrored_from']})" if "mirrored_from" in card else ""
+        mirrored = f" (then train/studies/mirror.py of {card['mirrored_from']})" if "mirrored_from" in card else ""
         recipes.append(card["command"] + mirrored)
     return recipes
 

@@ -193,7 +193,7 @@ class ServingModel(nn.Module):
 def networks_from_weights(weights: dict[str, torch.Tensor], widths: tuple[int, ...], blocks: tuple[int, ...],
                           head: str, head_width: int, heatmap_size: int) -> list[KeypointNet]:
     """The networks of an exported ServingModel rebuilt as modules from its state_dict: unlike the traced
-    file they can be run without its mirrored pass, or given one (train/mirror.py)."""
+    file they can be run without its mirrored pass, or given one (train/studies/mirror.py)."""
     count = 1 + max((int(key.split(".")[1]) for key in weights if key.startswith("nets.")), default=-1)
     nets = []
     for k in range(count):

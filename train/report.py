@@ -50,7 +50,7 @@ def learning_curve(history: list[dict], path: Path, ensemble_score: float | None
                  label=f"ensemble {ensemble_score:.1f}")
     ax1.set(xlabel="epoch", ylabel="validation score (1 / 2·MSE)", title="score on held-out people")
     ax1.axhline(100, color="grey", ls=":", lw=1)
-    ax1.axhline(700, color="tab:red", ls="--", lw=1, label="goal of issue 3 (700)")
+    ax1.axhline(700, color="tab:red", ls="--", lw=1, label="goal (700)")
     ax1.legend(fontsize=8, loc="lower right")
     ax2.set(xlabel="epoch", ylabel="train loss (normalized L1)", title="loss and validation RMSE")
     ax2b.set_ylabel("validation RMSE (px)")

@@ -77,7 +77,7 @@ class Config:
     student_flip_tta: bool = True  # also average the student with its mirrored pass (two passes per face)
     # with student_flip_tta, the student also answers the face moved this many pixels down-right and up-left,
     # each view with its mirror (6 passes; 0: off): +1.4 % on fold 4 (docs/accuracy.md). Test time only:
-    # train/mirror.py --tta-shift gives it to a student already trained
+    # train/studies/mirror.py --tta-shift gives it to a student already trained
     student_tta_shift: int = 3
     teacher_flip: bool = True  # the teacher answers each view with its mirrored pass too (twice its cost)
     # the teacher also answers each view moved this many pixels down-right and up-left, as --student-tta-shift
@@ -109,7 +109,7 @@ class Config:
     train_people: float = 1.0  # train on this seeded share of the training people: a learning curve (docs/accuracy.md)
     threads: int = 0  # torch threads (0 = torch's default)
     # score the validation faces every this many epochs (and after the last): a pass over them costs about a fifth of
-    # a student's epoch on all people (train/step_cost.py), and changes nothing that is learned
+    # a student's epoch on all people (train/studies/step_cost.py), and changes nothing that is learned
     val_every: int = 5
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -547,7 +547,7 @@ def train(cfg: Config) -> dict:
         "config": dataclasses.asdict(cfg),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "machine": machine(),  # training_minutes differ 1.5-2x between the CPUs sessions get
+        "machine": machine(),  # training_minutes differ 1.5-2x between CPUs (a 2-core Xeon with AMX, a 2-core EPYC)
         "command": command_line(),
         "history": history,
     }

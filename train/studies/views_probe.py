@@ -1,14 +1,14 @@
 """Score an exported model's networks with test-time views moved by 0..N pixels, without exporting anything.
 
-    python train/views_probe.py runs/tta-m1e120/fold_4/keypoints.pt          # a fold's network, on its people
+    python train/studies/views_probe.py runs/tta-m1e120/fold_4/keypoints.pt          # a fold's network, on its people
     git show bcb5090:model_store/keypoints.pt > runs/bcb5090.pt && git show bcb5090:model_store/model_card.json \
-        > runs/bcb5090.json && python train/views_probe.py runs/bcb5090.pt   # a pair, on the fixed split
+        > runs/bcb5090.json && python train/studies/views_probe.py runs/bcb5090.pt   # a pair, on the fixed split
 
 Each network of the file (rebuilt from its card, train/run.py's exported_networks) is scored on the people
 its card validated on, with its mirrored pass and the face moved ±1..±N px (train/model.py's shift_views),
 then the networks together: what `--student-tta-shift` would give a model, to compare before choosing.
 
-    python train/views_probe.py runs/tta-student/fold_4/keypoints.pt --max-shift 3 --zoom 6 --rotate 6
+    python train/studies/views_probe.py runs/tta-student/fold_4/keypoints.pt --max-shift 3 --zoom 6 --rotate 6
 
 adds views the served model does not use, for each network: the face zoomed in and out by 6 % and rotated
 ±6° about the centre (bilinear, the border repeated), alone and beside the moved ones, each mirrored too.
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 
 from facekp import metrics  # noqa: E402
 from facekp.contract import HALF, denormalize  # noqa: E402

@@ -1,8 +1,8 @@
 """Compare two recipes on the same people: the paired difference of two train/cv.py runs.
 
-    python train/compare.py runs/cv-m1e60 runs/cv-m1e60-reg
-    python train/compare.py runs/cv-m1e60-reg runs/cv-m1e60-reg+runs/cv-m1e60   # B: the two networks together
-    python train/compare.py A A+B --save runs/cv-pair   # also write B as a cv run (then cv.py --summary --card)
+    python train/studies/compare.py runs/cv-m1e60 runs/cv-m1e60-reg
+    python train/studies/compare.py runs/cv-m1e60-reg runs/cv-m1e60-reg+runs/cv-m1e60   # B: the two networks together
+    python train/studies/compare.py A A+B --save runs/cv-pair   # also write B as a cv run (then cv.py --summary --card)
 
 A run written as `DIR1+DIR2` is the ensemble of those runs, each face's keypoints averaged over
 them as one model with both networks answers (train/model.py averages its members), so whether a
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 
 from facekp import metrics  # noqa: E402
 from train.cv import PREDICTIONS, bootstrap_interval, fold_number  # noqa: E402

@@ -1,8 +1,8 @@
 """Where a student's training step goes: augmentation, the teacher's answer, the student's own step.
 
-    python train/step_cost.py                      # the default run's teacher (train/teachers/long.pt+short.pt)
-    python train/step_cost.py --teacher A.pt+B.pt  # another teacher
-    python train/step_cost.py --student-widths 16 96 128 256   # another student
+    python train/studies/step_cost.py                      # the default run's teacher (train/teachers/long.pt+short.pt)
+    python train/studies/step_cost.py --teacher A.pt+B.pt  # another teacher
+    python train/studies/step_cost.py --student-widths 16 96 128 256   # another student
 
 A benchmark, not a test: it times one batch of random faces for each part, on this machine, in the
 precision training picks here. Run it with nothing else training; docs/accuracy.md has its output.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 
 from facekp.contract import IMAGE_SIZE, NUM_KEYPOINTS  # noqa: E402
 from facekp.machine import machine  # noqa: E402

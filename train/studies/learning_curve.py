@@ -1,7 +1,7 @@
 """How much more people help: fit score against training people, and extrapolate to all of them.
 
-    python train/learning_curve.py runs/lc60-p50 runs/lc60-p70 runs/cv-m1e60-reg
-    python train/learning_curve.py A B C --plot docs/learning_curve.png
+    python train/studies/learning_curve.py runs/lc60-p50 runs/lc60-p70 runs/cv-m1e60-reg
+    python train/studies/learning_curve.py A B C --plot docs/learning_curve.png
 
 Each argument is a train/cv.py run of one recipe trained on a different share of each fold's
 training people (`--train-people F`); the folds they all have are used. A fold's model never sees
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 
 from facekp import metrics  # noqa: E402
-from train.compare import check_same_faces, load_folds  # noqa: E402
+from train.studies.compare import check_same_faces, load_folds  # noqa: E402
 
 
 def train_people(run: Path, fold: int) -> int:

@@ -1,9 +1,9 @@
 """Give students already trained their mirrored pass: the models `--student-flip-tta` exports.
 
-    python train/mirror.py runs/cv-student-reg runs/cv-student-reg-mirrored   # every fold of a train/cv.py run
+    python train/studies/mirror.py runs/cv-student-reg runs/cv-student-reg-mirrored   # every fold of a train/cv.py run
     python train/cv.py --folds 5 --out runs/cv-student-reg-mirrored --summary   # its pooled estimate
-    python train/mirror.py runs/cv-student-reg runs/cv-student-shift2 --tta-shift 2   # and views moved 2 px
-    python train/mirror.py runs/ship runs/ship-shift2 --tta-shift 2   # one student's directory (a card in it)
+    python train/studies/mirror.py runs/cv-student-reg runs/cv-student-shift2 --tta-shift 2   # and views moved 2 px
+    python train/studies/mirror.py runs/ship runs/ship-shift2 --tta-shift 2   # one student's directory (a card in it)
 
 `--student-flip-tta` changes only what a student exports and the score it prints, not its training, so a
 one-pass student's file already holds the weights of the two-pass model. This rebuilds the network from them,
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 
 from facekp import metrics  # noqa: E402
 from facekp.contract import denormalize  # noqa: E402

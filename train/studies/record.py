@@ -1,18 +1,18 @@
 """The committed record of cross-validation folds: what each fold's model answered, kept in git.
 
 A fold of the shipped recipe (its two teachers, then its student) takes about an hour on 2 cores, so
-five folds of a new recipe do not fit in one working session, and runs/ is not kept between sessions.
+five folds of a new recipe take five hours or more, and runs/ is git-ignored (not kept with the code).
 A record keeps, for each fold done, its model's keypoints for the fold's validation faces (in 0.01 px
 steps, under 40 kB a fold) and its model card; not the network, and nothing of the data set (no image,
 label or name: those are read back from the data set when the record is restored):
 
-    python train/record.py save runs/cv-student-mid64-reuse2-mirrored     # -> docs/cv/<its name>/fold_k/
-    python train/record.py restore docs/cv/cv-student-mid64-reuse2-mirrored   # -> runs/<its name>/fold_k/
+    python train/studies/record.py save runs/cv-student-mid64-reuse2-mirrored     # -> docs/cv/<its name>/fold_k/
+    python train/studies/record.py restore docs/cv/cv-student-mid64-reuse2-mirrored   # -> runs/<its name>/fold_k/
     python train/cv.py --folds 5 --out runs/cv-student-mid64-reuse2-mirrored --summary   # as if trained here
 
-Saving adds the run's folds to the record (folds recorded by other sessions stay), so an estimate over
+Saving adds the run's folds to the record (folds recorded earlier stay), so an estimate over
 five folds can be gathered a fold or two at a time; restoring writes train/cv.py's own files, which
-train/cv.py --summary, train/compare.py and train/report.py read as they read a run trained here.
+train/cv.py --summary, train/studies/compare.py and train/report.py read as they read a run trained here.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 
 from facekp import data as facedata  # noqa: E402
 from facekp import metrics  # noqa: E402

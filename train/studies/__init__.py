@@ -1,0 +1,1 @@
+"""Study tools around the training: compare recipes, probe views, time steps, keep and restore folds."""
