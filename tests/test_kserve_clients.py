@@ -5,24 +5,27 @@ against the kserve predictor (`make serve-kserve`) and TorchServe's v2 route, an
 contents, its default, and typed contents) against the predictor: TorchServe's own gRPC API is not
 the v2 protocol. Every answer must be the plain endpoint's for the same image; bad input gets a 4xx
 or INVALID_ARGUMENT that says what is wrong, and the server goes on answering.
+
+tritonclient.grpc runs in a process of its own (tests/triton_grpc_client.py says why).
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import json
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
-import grpc
 import numpy as np
 import pytest
 import requests
-import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from PIL import Image
-from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from facekp.server import REPO_ROOT
 from tests.test_kserve import plain_keypoints
 
 FACES = 40
@@ -40,6 +43,14 @@ def png_of(pixels: np.ndarray) -> bytes:
 def real_faces(validation_faces) -> list[bytes]:
     """40 real faces of the validation people as 96x96 PNG files, as a client sends them."""
     return [png_of(pixels) for pixels in validation_faces.images[:FACES]]
+
+
+@pytest.fixture(scope="module")
+def face_files(real_faces, tmp_path_factory) -> list[str]:
+    folder = tmp_path_factory.mktemp("faces")
+    for i, face in enumerate(real_faces):
+        (folder / f"face_{i:02d}.png").write_bytes(face)
+    return sorted(str(path) for path in folder.glob("*.png"))
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +75,12 @@ def http_input(image: bytes, binary: bool = True) -> triton_http.InferInput:
     return tensor
 
 
-def grpc_input(image: bytes) -> triton_grpc.InferInput:
-    tensor = triton_grpc.InferInput("image", [1], "BYTES")
-    tensor.set_data_from_numpy(np.array([image], dtype=object))
-    return tensor
+def triton_grpc(address: str, mode: str, files: list[str]) -> dict:
+    """tests/triton_grpc_client.py's answer for `mode`, run in its own process."""
+    done = subprocess.run([sys.executable, "-m", "tests.triton_grpc_client", address, mode, *files], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
 
 
 def answer_all(ask, faces: list[bytes]) -> list:
@@ -114,79 +127,69 @@ def test_tritonclient_http_asks_for_one_output_and_gets_only_it(http_routes, rea
         np.testing.assert_allclose(result.as_numpy("keypoints")[0], plain_answers[0], atol=TOLERANCE_PX)
 
 
-def test_tritonclient_grpc_answers_every_face_as_the_plain_endpoint(kserve_grpc, real_faces, plain_answers):
-    clients = [triton_grpc.InferenceServerClient(kserve_grpc) for _ in range(CONCURRENT)]
-    assert clients[0].is_server_ready() and clients[0].is_model_ready("keypoints")
-    metadata = clients[0].get_model_metadata("keypoints", as_json=True)
-    assert [t["name"] for t in metadata["inputs"]] == ["image"]
-
-    def ask(k: int, face: bytes):
-        return clients[k].infer("keypoints", [grpc_input(face)], request_id=f"grpc-{k}")
-
-    results = answer_all(ask, real_faces)
-    for i, result in enumerate(results):
-        assert result.get_response().raw_output_contents, "raw inputs get raw outputs"
-        np.testing.assert_allclose(result.as_numpy("keypoints")[0], plain_answers[i], atol=TOLERANCE_PX,
-                                   err_msg=f"face {i}")
-        assert result.as_numpy("image_size").tolist() == [[96, 96]]
+def test_tritonclient_grpc_answers_every_face_as_the_plain_endpoint(kserve_grpc, face_files, plain_answers):
+    result = triton_grpc(kserve_grpc, "answers", face_files)
+    assert result["ready"] and result["inputs"] == ["image"]
+    assert result["ids"] == [f"face-{i}" for i in range(FACES)]
+    assert all(result["raw_outputs"]), "raw inputs get raw outputs"
+    np.testing.assert_allclose(np.array(result["keypoints"]), plain_answers, atol=TOLERANCE_PX)
+    assert result["image_size"] == [[[96, 96]]] * FACES
 
 
-def test_grpc_typed_contents_in_and_out(kserve_grpc, real_faces, plain_answers):
+def test_grpc_typed_contents_in_and_out(kserve_grpc, face_files, plain_answers):
     """The protocol's other form of a gRPC tensor: the image in bytes_contents, answers in fp32_contents."""
-    with grpc.insecure_channel(kserve_grpc) as channel:
-        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        for i in range(4):
-            tensor = service_pb2.ModelInferRequest().InferInputTensor(
-                name="image", datatype="BYTES", shape=[1],
-                contents=service_pb2.InferTensorContents(bytes_contents=[real_faces[i]]))
-            reply = stub.ModelInfer(service_pb2.ModelInferRequest(model_name="keypoints", inputs=[tensor]), timeout=60)
-            assert not reply.raw_output_contents
-            outputs = {output.name: output for output in reply.outputs}
-            keypoints = np.array(outputs["keypoints"].contents.fp32_contents).reshape(15, 2)
-            np.testing.assert_allclose(keypoints, plain_answers[i], atol=TOLERANCE_PX)
-            assert list(outputs["image_size"].contents.int_contents) == [96, 96]
+    result = triton_grpc(kserve_grpc, "typed", face_files[:4])
+    assert not any(result["raw_outputs"])
+    np.testing.assert_allclose(np.array(result["keypoints"]), plain_answers[:4], atol=TOLERANCE_PX)
+    assert result["image_size"] == [[96, 96]] * 4
 
 
-def bytes_tensor(module, elements: list[bytes], name: str = "image"):
-    tensor = module.InferInput(name, [len(elements)], "BYTES")
+def bytes_tensor(elements: list[bytes], name: str = "image") -> triton_http.InferInput:
+    tensor = triton_http.InferInput(name, [len(elements)], "BYTES")
     tensor.set_data_from_numpy(np.array(elements, dtype=object))
     return tensor
 
 
-def float_tensor(module):
-    tensor = module.InferInput("image", [1, 96, 96], "FP32")
+def float_tensor() -> triton_http.InferInput:
+    tensor = triton_http.InferInput("image", [1, 96, 96], "FP32")
     tensor.set_data_from_numpy(np.zeros((1, 96, 96), np.float32))
     return tensor
 
 
-BAD_INPUTS = {  # what is sent -> what the refusal must say
-    "not an image": (lambda m, face: [bytes_tensor(m, [b"hello, not an image"])], "not a readable image"),
-    "an empty tensor": (lambda m, face: [bytes_tensor(m, [])], "holds 0 elements"),
-    "a wrong datatype": (lambda m, face: [float_tensor(m)], "datatype 'FP32'"),
-    "two inputs": (lambda m, face: [bytes_tensor(m, [face]), bytes_tensor(m, [face], "other")], "exactly one input"),
-    "two images": (lambda m, face: [bytes_tensor(m, [face, face])], "holds 2 elements"),
+BAD_INPUTS = {  # what is sent (tests/triton_grpc_client.py sends the same over gRPC) -> what the refusal says
+    "not an image": (lambda face: [bytes_tensor([b"hello, not an image"])], "not a readable image"),
+    "an empty tensor": (lambda face: [bytes_tensor([])], "holds 0 elements"),
+    "a wrong datatype": (lambda face: [float_tensor()], "datatype 'FP32'"),
+    "two inputs": (lambda face: [bytes_tensor([face]), bytes_tensor([face], "other")], "exactly one input"),
+    "two images": (lambda face: [bytes_tensor([face, face])], "holds 2 elements"),
 }
 
 
-@pytest.mark.parametrize("bad", list(BAD_INPUTS) + ["an output the model has not"])
-@pytest.mark.parametrize("route", ["predictor-http", "torchserve-http", "predictor-grpc"])
-def test_bad_input_is_refused_with_a_reason_and_the_server_goes_on(route, bad, http_routes, kserve_grpc, real_faces,
-                                                                   plain_answers):
-    grpc_route = route.endswith("grpc")
-    module = triton_grpc if grpc_route else triton_http
-    client = module.InferenceServerClient(kserve_grpc if grpc_route else http_routes[route.split("-")[0]])
+@pytest.mark.parametrize("bad", [*BAD_INPUTS, "an output the model has not"])
+@pytest.mark.parametrize("route", ["predictor", "torchserve"])
+def test_bad_input_over_http_is_refused_with_a_reason_and_the_server_goes_on(route, bad, http_routes, real_faces,
+                                                                             plain_answers):
+    client = triton_http.InferenceServerClient(http_routes[route])
     if bad in BAD_INPUTS:
         make, says = BAD_INPUTS[bad]
-        inputs, outputs = make(module, real_faces[0]), None
+        inputs, outputs = make(real_faces[0]), None
     else:
-        inputs, outputs, says = [bytes_tensor(module, [real_faces[0]])], [module.InferRequestedOutput("nose")], "nose"
+        inputs, says = [bytes_tensor([real_faces[0]])], "nose"
+        outputs = [triton_http.InferRequestedOutput("nose")]
     with pytest.raises(InferenceServerException) as refused:
         client.infer("keypoints", inputs, outputs=outputs)
-    status = refused.value.status()
-    if grpc_route:
-        assert status == "StatusCode.INVALID_ARGUMENT", refused.value
-    else:
-        assert status is not None and 400 <= int(status) < 500, refused.value
+    assert refused.value.status() is not None and 400 <= int(refused.value.status()) < 500, refused.value
     assert says in refused.value.message(), refused.value
-    result = client.infer("keypoints", [bytes_tensor(module, [real_faces[1]])])
+    result = client.infer("keypoints", [bytes_tensor([real_faces[1]])])
     np.testing.assert_allclose(result.as_numpy("keypoints")[0], plain_answers[1], atol=TOLERANCE_PX)
+
+
+def test_bad_input_over_grpc_is_invalid_argument_with_a_reason_and_the_server_goes_on(kserve_grpc, face_files,
+                                                                                      plain_answers):
+    refusals = triton_grpc(kserve_grpc, "bad", face_files[:1])
+    says = {name: says for name, (_, says) in BAD_INPUTS.items()} | {"an output the model has not": "nose"}
+    assert set(refusals) == set(says)
+    for name, refusal in refusals.items():
+        assert refusal["status"] == "StatusCode.INVALID_ARGUMENT", (name, refusal)
+        assert says[name] in refusal["message"], (name, refusal)
+        np.testing.assert_allclose(refusal["then"], plain_answers[0], atol=TOLERANCE_PX)
