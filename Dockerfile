@@ -84,10 +84,11 @@ COPY handler/ /opt/facekp/app/handler/
 COPY model_store/keypoints.pt /opt/facekp/app/model_store/keypoints.pt
 USER 10001:10001
 WORKDIR /opt/facekp/app
-EXPOSE 8080
+# 8080 REST (v2 and v1), 8081 gRPC v2: KServe's custom predictor ports (k8s/kserve-predictor, -grpc).
+EXPOSE 8080 8081
 HEALTHCHECK --interval=15s --timeout=6s --start-period=60s --retries=3 \
     CMD ["python3", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/v2/health/ready', timeout=5)"]
-CMD ["python", "-m", "handler.kserve_server", "run", "--bind", "0.0.0.0", "--http_port", "8080"]
+CMD ["python", "-m", "handler.kserve_server", "run", "--bind", "0.0.0.0", "--http_port", "8080", "--grpc_port", "8081"]
 
 # --- TorchServe (the default target: the last stage).
 FROM base AS torchserve

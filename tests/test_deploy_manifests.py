@@ -22,7 +22,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 K8S = REPO / "k8s"
 KUSTOMIZATIONS = {"base": K8S / "base", "cpu": K8S / "overlays" / "cpu", "kserve": K8S / "kserve",
-                  "kserve-predictor": K8S / "kserve-predictor"}
+                  "kserve-predictor": K8S / "kserve-predictor", "kserve-predictor-grpc": K8S / "kserve-predictor-grpc"}
 KUBERNETES_VERSIONS = ["1.27.0", "1.37.0"]
 """Oldest and newest Kubernetes the manifests are checked against (HPA v2 and PDB v1 are GA in both)."""
 HEALTHCHECK = ["python3", "/opt/facekp/healthcheck.py", "--quiet"]
@@ -257,7 +257,7 @@ def openapi_errors(value, type_name: str, where: str = "") -> list[str]:
     return errors
 
 
-@pytest.mark.parametrize("name", ["kserve", "kserve-predictor"])
+@pytest.mark.parametrize("name", ["kserve", "kserve-predictor", "kserve-predictor-grpc"])
 def test_inference_services_validate_strictly_against_kserves_api(name):
     (isvc,) = render(KUSTOMIZATIONS[name])
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1" and isvc["kind"] == "InferenceService"
@@ -288,6 +288,16 @@ def test_torchserve_runtime_speaks_v2_with_the_matching_envelope():
     lines = (K8S / "kserve" / "config" / "config.properties").read_text().splitlines()
     settings = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
     assert settings["service_envelope"] == "kservev2"
+
+
+def test_grpc_predictor_exposes_the_containers_grpc_port_as_h2c():
+    (isvc,) = render(KUSTOMIZATIONS["kserve-predictor-grpc"])
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    assert isvc["metadata"]["name"] == "facekp-predictor-grpc"
+    assert container["ports"] == [{"name": "h2c", "containerPort": 8081, "protocol": "TCP"}]
+    assert container["readinessProbe"]["tcpSocket"]["port"] == container["livenessProbe"]["tcpSocket"]["port"] == 8081
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert '"--grpc_port", "8081"' in dockerfile, "the image's predictor must serve gRPC on the port exposed here"
 
 
 def test_custom_predictor_runs_the_kserve_target_with_v2_probes():

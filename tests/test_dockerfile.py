@@ -94,14 +94,15 @@ def test_starts_torchserve_in_the_foreground_and_stops_it_on_sigterm():
     assert "--models keypoints=keypoints.mar" in script
 
 
-def test_kserve_target_runs_the_predictor_as_non_root_on_8080():
+def test_kserve_target_runs_the_predictor_as_non_root_on_8080_and_grpc_on_8081():
     steps = stages()["kserve"]
     users = [a for kind, a in steps if kind == "USER"]
     assert users and users[-1].split(":")[0] not in {"root", "0"}
-    assert {port for kind, a in steps if kind == "EXPOSE" for port in a.split()} == {"8080"}
+    assert {port for kind, a in steps if kind == "EXPOSE" for port in a.split()} == {"8080", "8081"}
     (cmd,) = [json.loads(a) for kind, a in steps if kind == "CMD"]
     assert cmd[:4] == ["python", "-m", "handler.kserve_server", "run"]
     assert cmd[cmd.index("--bind") + 1] == "0.0.0.0" and cmd[cmd.index("--http_port") + 1] == "8080"
+    assert cmd[cmd.index("--grpc_port") + 1] == "8081"
     (check,) = [a for kind, a in steps if kind == "HEALTHCHECK"]
     assert "/v2/health/ready" in check
     assert "requirements-kserve.txt /tmp/requirements-kserve.txt" in [a for kind, a in steps if kind == "COPY"]
