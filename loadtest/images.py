@@ -46,6 +46,7 @@ class Upload:
     kind: str
     content_type: str
     body: bytes
+    headers: tuple[tuple[str, str], ...] = ()  # more request headers (v2 binary: Inference-Header-Content-Length)
 
 
 def build_mix(faces: int = 64, data_path: str | Path | None = None) -> list[Upload]:

@@ -1,30 +1,37 @@
-"""The KServe routes side by side, same faces, same load generator (a benchmark, not a test):
+"""The KServe routes side by side, same faces, same load generators (a benchmark, not a test):
 
-    .venv/bin/python -m loadtest.kserve_compare            # ~2 min; prints a markdown table
+    .venv/bin/python -m loadtest.kserve_compare            # ~5 min; prints a markdown table
 
 1. TorchServe with the shipped config, plain uploads (curl -T): the reference.
-2. TorchServe with k8s/kserve/config/config.properties (kservev2 envelope, its batching), v2 JSON.
-3. The kserve predictor without TorchServe (handler/kserve_server.py), v2 JSON.
+2. TorchServe with k8s/kserve/config/config.properties (kservev2 envelope, its batching): v2 JSON
+   (the image in base64) and v2 binary (tritonclient's default: the file itself after the JSON).
+3. The kserve predictor without TorchServe (handler/kserve_server.py): v2 JSON, v2 binary, gRPC v2.
 
-Each gets closed-loop load at 1 and 16 clients on free loopback ports, one route at a time.
+Each gets closed-loop load at 1 and 16 clients on free loopback ports, one route at a time. HTTP
+goes through loadtest.loadgen; gRPC through grpc.aio with prebuilt requests (tritonclient's
+protobuf messages), each client one call at a time on a shared channel.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 from facekp import data as facedata
 from facekp.evaluate import encode_face
 from facekp.server import FACES, REPO_ROOT, Service, build_archive, free_port, free_ports
 from loadtest.images import Upload
-from loadtest.loadgen import run_load
+from loadtest.loadgen import LoadResult, run_load
 
 KSERVE_CONFIG = REPO_ROOT / "k8s" / "kserve" / "config" / "config.properties"
 
@@ -39,6 +46,17 @@ def faces(count: int, data: str | None) -> list[bytes]:
 def as_v2(image: bytes) -> bytes:
     return json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
                                    "data": [base64.b64encode(image).decode()]}]}).encode()
+
+
+def as_v2_binary(image: bytes) -> Upload:
+    """The request tritonclient.http sends by default: binary input and outputs (its own request builder)."""
+    import tritonclient.http as triton_http
+
+    tensor = triton_http.InferInput("image", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([image], dtype=object))
+    body, json_length = triton_http.InferenceServerClient.generate_request_body([tensor])
+    return Upload("v2-binary", "application/octet-stream", body,
+                  (("Inference-Header-Content-Length", str(json_length)),))
 
 
 def v2_ok(status: int, body: bytes) -> bool:
@@ -62,14 +80,54 @@ def torchserve(root: Path, config: Path | None = None):
 
 @contextmanager
 def kserve_predictor(root: Path):
-    port = free_port()
+    """The predictor on free ports; yields its REST URL, and its gRPC address as grpc://host:port."""
+    port, grpc_port = free_port(), free_port()
     command = [sys.executable, "-m", "handler.kserve_server"]
-    subprocess.run([*command, "start", "--http_port", str(port), "--run_dir", str(root)], cwd=REPO_ROOT,
-                   check=True, capture_output=True)
+    subprocess.run([*command, "start", "--http_port", str(port), "--grpc_port", str(grpc_port), "--run_dir",
+                    str(root)], cwd=REPO_ROOT, check=True, capture_output=True)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield {"http": f"http://127.0.0.1:{port}", "grpc": f"127.0.0.1:{grpc_port}"}
     finally:
         subprocess.run([*command, "stop", "--run_dir", str(root)], cwd=REPO_ROOT, capture_output=True)
+
+
+def run_grpc_load(address: str, images: list[bytes], concurrency: int, duration: float,
+                  warmup: float = 2.0) -> LoadResult:
+    """Closed-loop gRPC ModelInfer load, as loadgen.run_load is for HTTP: stats over the window only."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    requests = []
+    for image in images:  # tritonclient.grpc's form: the BYTES tensor as raw_input_contents
+        tensor = service_pb2.ModelInferRequest().InferInputTensor(name="image", datatype="BYTES", shape=[1])
+        raw = len(image).to_bytes(4, "little") + image
+        requests.append(service_pb2.ModelInferRequest(model_name="keypoints", inputs=[tensor],
+                                                      raw_input_contents=[raw]))
+
+    async def load() -> LoadResult:
+        latencies, errors = [], []
+        start = time.perf_counter() + warmup
+        end = start + duration
+        async with grpc.aio.insecure_channel(address) as channel:
+            infer = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+
+            async def client(first: int) -> None:
+                i = first
+                while (sent := time.perf_counter()) < end:
+                    try:
+                        reply = await infer(requests[i % len(requests)], timeout=30)
+                        ok = reply.outputs[0].name == "keypoints"
+                    except grpc.aio.AioRpcError as err:
+                        ok, reply = False, err.code()
+                    answered = time.perf_counter()
+                    if start <= answered <= end:
+                        (latencies.append((answered - sent) * 1000) if ok else errors.append(str(reply)))
+                    i += concurrency
+
+            await asyncio.gather(*(client(k) for k in range(concurrency)))
+        return LoadResult(concurrency, duration, np.array(latencies), len(errors), errors[:5])
+
+    return asyncio.run(load())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,22 +140,34 @@ def main(argv: list[str] | None = None) -> int:
     pngs = faces(args.faces, args.data)
     plain = [Upload("png96", "image/png", png) for png in pngs]
     v2 = [Upload("v2", "application/json", as_v2(png)) for png in pngs]
-    routes = [
-        ("TorchServe, shipped config, plain PUT", lambda root: torchserve(root), "/predictions/keypoints", plain, None),
-        ("TorchServe, KServe config (kservev2), v2", lambda root: torchserve(root, KSERVE_CONFIG),
-         "/v2/models/keypoints/infer", v2, v2_ok),
-        ("kserve predictor (no TorchServe), v2", kserve_predictor, "/v2/models/keypoints/infer", v2, v2_ok),
+    v2_binary = [as_v2_binary(png) for png in pngs]
+    servers = [  # (server, [(route name, transport, path, uploads, check)])
+        (lambda root: torchserve(root), [("TorchServe, shipped config, plain PUT", "http", "/predictions/keypoints",
+                                          plain, None)]),
+        (lambda root: torchserve(root, KSERVE_CONFIG), [
+            ("TorchServe, KServe config (kservev2), v2 JSON", "http", "/v2/models/keypoints/infer", v2, v2_ok),
+            ("TorchServe, KServe config (kservev2), v2 binary", "http", "/v2/models/keypoints/infer", v2_binary,
+             v2_ok)]),
+        (kserve_predictor, [
+            ("kserve predictor (no TorchServe), v2 JSON", "http", "/v2/models/keypoints/infer", v2, v2_ok),
+            ("kserve predictor (no TorchServe), v2 binary", "http", "/v2/models/keypoints/infer", v2_binary, v2_ok),
+            ("kserve predictor (no TorchServe), gRPC v2", "grpc", None, pngs, None)]),
     ]
     rows = []
-    for name, server, path, uploads, check in routes:
-        with tempfile.TemporaryDirectory() as tmp, server(Path(tmp)) as url:
-            for clients in args.clients:
-                kwargs = {"check": check} if check else {}
-                result = run_load(url + path, uploads, clients, duration=args.duration, warmup=2.0, **kwargs)
-                rows.append((name, clients, result))
-                print(f"{name}, {clients} client(s): {result.throughput:.1f} faces/s, p50 "
-                      f"{result.percentile(50):.0f} ms, p99 {result.percentile(99):.0f} ms, {result.errors} errors",
-                      flush=True)
+    for server, routes in servers:
+        with tempfile.TemporaryDirectory() as tmp, server(Path(tmp)) as address:
+            for name, transport, path, uploads, check in routes:
+                for clients in args.clients:
+                    if transport == "grpc":
+                        result = run_grpc_load(address["grpc"], uploads, clients, args.duration)
+                    else:
+                        url = address["http"] if isinstance(address, dict) else address
+                        kwargs = {"check": check} if check else {}
+                        result = run_load(url + path, uploads, clients, duration=args.duration, warmup=2.0, **kwargs)
+                    rows.append((name, clients, result))
+                    print(f"{name}, {clients} client(s): {result.throughput:.1f} faces/s, p50 "
+                          f"{result.percentile(50):.0f} ms, p99 {result.percentile(99):.0f} ms, {result.errors} "
+                          f"errors", flush=True)
     print("\n| route | clients | faces/s | p50 ms | p99 ms | errors |\n| --- | --- | --- | --- | --- | --- |")
     for name, clients, r in rows:
         print(f"| {name} | {clients} | {r.throughput:.1f} | {r.percentile(50):.0f} | {r.percentile(99):.0f} "

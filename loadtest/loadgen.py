@@ -65,8 +65,12 @@ class LoadResult:
 def _requests(url: str, uploads: list[Upload]) -> list[bytes]:
     parts = urlparse(url)
     head = f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-    return [f"{head}Content-Type: {u.content_type}\r\nContent-Length: {len(u.body)}\r\n\r\n".encode() + u.body
-            for u in uploads]
+    requests = []
+    for upload in uploads:
+        headers = [("Content-Type", upload.content_type), ("Content-Length", str(len(upload.body))), *upload.headers]
+        requests.append((head + "".join(f"{name}: {value}\r\n" for name, value in headers) + "\r\n").encode()
+                        + upload.body)
+    return requests
 
 
 async def _read_reply(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
