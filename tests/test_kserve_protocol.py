@@ -57,9 +57,12 @@ def test_malformed_requests_say_what_is_wrong(body, says):
         image_from_kserve(body)
 
 
+PLAIN = {"keypoints": [{"name": f"p{i}", "x": i + 0.25, "y": -i} for i in range(15)],
+         "image": {"width": 40, "height": 30}}
+
+
 def test_v2_answer_carries_the_plain_numbers_and_the_request_id():
-    plain = {"keypoints": [{"name": f"p{i}", "x": i + 0.25, "y": -i} for i in range(15)],
-             "image": {"width": 40, "height": 30}}
+    plain = PLAIN
     reply = kserve_answer("v2", plain, {"id": "r1"}, "keypoints")
     assert reply["model_name"] == "keypoints" and reply["id"] == "r1"
     keypoints, size = reply["outputs"]
@@ -95,3 +98,76 @@ def test_v2_faces_answer_with_and_without_faces():
     empty = {o["name"]: o for o in kserve_answer("v2", {"faces": [], "image": answer["image"]}, {}, "faces")["outputs"]}
     assert empty["boxes"]["shape"] == [0, 4] and empty["keypoints"]["data"] == []
     assert empty["image_size"]["data"] == [10, 20]
+
+
+def binary_request(image: bytes, **request) -> tuple[bytes, int]:
+    """A v2 request with binary tensor data, laid out as tritonclient lays it out."""
+    header = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(image) + 4}}], **request}).encode()
+    return header + len(image).to_bytes(4, "little") + image, len(header)
+
+
+def test_binary_tensor_data_gives_the_image_file_itself():
+    image = png()
+    body, json_length = binary_request(image, id="b1")
+    request = kserve_protocol.read_binary_request(body, str(json_length))
+    assert request["id"] == "b1" and request["inputs"][0]["data"] == [image]
+    assert image_from_kserve(request) == image
+
+
+@pytest.mark.parametrize(("cut", "says"), [
+    (lambda body, n: (body, "x"), "Inference-Header-Content-Length is 'x'"),
+    (lambda body, n: (body, len(body) + 1), "must be the length of the JSON part"),
+    (lambda body, n: (body, n - 1), "are not JSON"),
+    (lambda body, n: (body[:-10], n), "binary_data_size"),
+])
+def test_broken_binary_requests_say_what_does_not_add_up(cut, says):
+    body, json_length = cut(*binary_request(png()))
+    with pytest.raises(ProtocolError, match=says):
+        kserve_protocol.read_binary_request(body, json_length)
+
+
+def test_bytes_elements_reads_each_length_prefixed_element():
+    raw = b"".join(len(e).to_bytes(4, "little") + e for e in (b"ab", b"", b"xyz"))
+    assert kserve_protocol.bytes_elements(raw) == [b"ab", b"", b"xyz"]
+    with pytest.raises(ProtocolError, match="cut short"):
+        kserve_protocol.bytes_elements(raw[:-1])
+    with pytest.raises(ProtocolError, match="ends inside an element's 4-byte length"):
+        kserve_protocol.bytes_elements(b"\x05\x00")
+
+
+def test_a_binary_element_that_is_empty_is_refused():
+    with pytest.raises(ProtocolError, match="empty"):
+        image_from_kserve({"inputs": [{"datatype": "BYTES", "data": [b""]}]})
+
+
+def test_encode_v2_answers_json_unless_binary_is_asked_for():
+    reply = kserve_answer("v2", PLAIN, {}, "keypoints")
+    assert kserve_protocol.encode_v2(reply, {}) == (reply, None)
+    body, binary = kserve_protocol.encode_v2(reply, {"parameters": {"binary_data_output": True}})
+    keypoints, size = body["outputs"]
+    assert "data" not in keypoints and keypoints["parameters"] == {"binary_data_size": 120}
+    assert size["parameters"] == {"binary_data_size": 8}
+    assert np.frombuffer(binary[:120], "<f4").reshape(15, 2)[1].tolist() == [1.25, -1.0]
+    assert np.frombuffer(binary[120:], "<i4").tolist() == [40, 30]
+
+
+def test_encode_v2_gives_only_the_outputs_asked_for_each_in_its_own_form():
+    reply = kserve_answer("v2", PLAIN, {}, "keypoints")
+    asked = {"outputs": [{"name": "image_size", "parameters": {"binary_data": False}}, {"name": "keypoints"}],
+             "parameters": {"binary_data_output": True}}
+    body, binary = kserve_protocol.encode_v2(reply, asked)
+    assert [o["name"] for o in body["outputs"]] == ["image_size", "keypoints"]
+    assert body["outputs"][0]["data"] == [40, 30] and len(binary) == 120
+    with pytest.raises(ProtocolError, match="output 'nose'; this model answers 'keypoints', 'image_size'"):
+        kserve_protocol.encode_v2(reply, {"outputs": [{"name": "nose"}]})
+
+
+def test_a_batch_answers_a_binary_request_in_binary_and_a_bad_output_with_a_400():
+    body, json_length = binary_request(png(192), parameters={"binary_data_output": True})
+    headers = [{"Inference-Header-Content-Length": str(json_length)}, {}]
+    nose = {"body": v2(png(), outputs=[{"name": "nose"}])}
+    replies = answer_batch([{"body": body}, nose], fixed_model, headers=headers)
+    assert replies[0].status == 200 and len(replies[0].binary) == 128
+    assert replies[0].body["outputs"][0]["parameters"] == {"binary_data_size": 120}
+    assert replies[1].status == 400 and "nose" in replies[1].body["error"]
