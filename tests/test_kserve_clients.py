@@ -27,6 +27,7 @@ from tritonclient.utils import InferenceServerException
 
 from facekp.server import REPO_ROOT
 from tests.test_kserve import plain_keypoints
+from tests.triton_tensors import bytes_tensor, float_tensor
 
 FACES = 40
 CONCURRENT = 16
@@ -144,24 +145,13 @@ def test_grpc_typed_contents_in_and_out(kserve_grpc, face_files, plain_answers):
     assert result["image_size"] == [[96, 96]] * 4
 
 
-def bytes_tensor(elements: list[bytes], name: str = "image") -> triton_http.InferInput:
-    tensor = triton_http.InferInput(name, [len(elements)], "BYTES")
-    tensor.set_data_from_numpy(np.array(elements, dtype=object))
-    return tensor
-
-
-def float_tensor() -> triton_http.InferInput:
-    tensor = triton_http.InferInput("image", [1, 96, 96], "FP32")
-    tensor.set_data_from_numpy(np.zeros((1, 96, 96), np.float32))
-    return tensor
-
-
 BAD_INPUTS = {  # what is sent (tests/triton_grpc_client.py sends the same over gRPC) -> what the refusal says
-    "not an image": (lambda face: [bytes_tensor([b"hello, not an image"])], "not a readable image"),
-    "an empty tensor": (lambda face: [bytes_tensor([])], "holds 0 elements"),
-    "a wrong datatype": (lambda face: [float_tensor()], "datatype 'FP32'"),
-    "two inputs": (lambda face: [bytes_tensor([face]), bytes_tensor([face], "other")], "exactly one input"),
-    "two images": (lambda face: [bytes_tensor([face, face])], "holds 2 elements"),
+    "not an image": (lambda face: [bytes_tensor(triton_http, [b"hello, not an image"])], "not a readable image"),
+    "an empty tensor": (lambda face: [bytes_tensor(triton_http, [])], "holds 0 elements"),
+    "a wrong datatype": (lambda face: [float_tensor(triton_http)], "datatype 'FP32'"),
+    "two inputs": (lambda face: [bytes_tensor(triton_http, [face]), bytes_tensor(triton_http, [face], "other")],
+                   "exactly one input"),
+    "two images": (lambda face: [bytes_tensor(triton_http, [face, face])], "holds 2 elements"),
 }
 
 
@@ -174,13 +164,13 @@ def test_bad_input_over_http_is_refused_with_a_reason_and_the_server_goes_on(rou
         make, says = BAD_INPUTS[bad]
         inputs, outputs = make(real_faces[0]), None
     else:
-        inputs, says = [bytes_tensor([real_faces[0]])], "nose"
+        inputs, says = [bytes_tensor(triton_http, [real_faces[0]])], "nose"
         outputs = [triton_http.InferRequestedOutput("nose")]
     with pytest.raises(InferenceServerException) as refused:
         client.infer("keypoints", inputs, outputs=outputs)
     assert refused.value.status() is not None and 400 <= int(refused.value.status()) < 500, refused.value
     assert says in refused.value.message(), refused.value
-    result = client.infer("keypoints", [bytes_tensor([real_faces[1]])])
+    result = client.infer("keypoints", [bytes_tensor(triton_http, [real_faces[1]])])
     np.testing.assert_allclose(result.as_numpy("keypoints")[0], plain_answers[1], atol=TOLERANCE_PX)
 
 

@@ -24,19 +24,9 @@ import tritonclient.grpc as triton_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from tests.triton_tensors import bytes_tensor, float_tensor
+
 CONCURRENT = 16
-
-
-def bytes_input(elements: list[bytes], name: str = "image") -> triton_grpc.InferInput:
-    tensor = triton_grpc.InferInput(name, [len(elements)], "BYTES")
-    tensor.set_data_from_numpy(np.array(elements, dtype=object))
-    return tensor
-
-
-def float_input() -> triton_grpc.InferInput:
-    tensor = triton_grpc.InferInput("image", [1, 96, 96], "FP32")
-    tensor.set_data_from_numpy(np.zeros((1, 96, 96), np.float32))
-    return tensor
 
 
 def answers(address: str, faces: list[bytes]) -> dict:
@@ -47,7 +37,7 @@ def answers(address: str, faces: list[bytes]) -> dict:
     def client(k: int) -> list[tuple[int, list, list, bool, str]]:
         share = []
         for i in range(k, len(faces), CONCURRENT):
-            result = clients[k].infer("keypoints", [bytes_input([faces[i]])], request_id=f"face-{i}")
+            result = clients[k].infer("keypoints", [bytes_tensor(triton_grpc, [faces[i]])], request_id=f"face-{i}")
             response = result.get_response()
             share.append((i, result.as_numpy("keypoints")[0].tolist(), result.as_numpy("image_size").tolist(),
                           bool(response.raw_output_contents), response.id))
@@ -82,12 +72,13 @@ def bad(address: str, face: bytes) -> dict:
     """Each bad request's status and message, and the answer to a good request sent right after it."""
     client = triton_grpc.InferenceServerClient(address)
     cases = {
-        "not an image": ([bytes_input([b"hello, not an image"])], None),
-        "an empty tensor": ([bytes_input([])], None),
-        "a wrong datatype": ([float_input()], None),
-        "two inputs": ([bytes_input([face]), bytes_input([face], "other")], None),
-        "two images": ([bytes_input([face, face])], None),
-        "an output the model has not": ([bytes_input([face])], [triton_grpc.InferRequestedOutput("nose")]),
+        "not an image": ([bytes_tensor(triton_grpc, [b"hello, not an image"])], None),
+        "an empty tensor": ([bytes_tensor(triton_grpc, [])], None),
+        "a wrong datatype": ([float_tensor(triton_grpc)], None),
+        "two inputs": ([bytes_tensor(triton_grpc, [face]), bytes_tensor(triton_grpc, [face], "other")], None),
+        "two images": ([bytes_tensor(triton_grpc, [face, face])], None),
+        "an output the model has not": ([bytes_tensor(triton_grpc, [face])],
+                                        [triton_grpc.InferRequestedOutput("nose")]),
     }
     refusals = {}
     for name, (inputs, outputs) in cases.items():
@@ -96,7 +87,7 @@ def bad(address: str, face: bytes) -> dict:
             refusal = {"status": "answered"}
         except InferenceServerException as err:
             refusal = {"status": err.status(), "message": err.message()}
-        after = client.infer("keypoints", [bytes_input([face])])
+        after = client.infer("keypoints", [bytes_tensor(triton_grpc, [face])])
         refusals[name] = {**refusal, "then": after.as_numpy("keypoints")[0].tolist()}
     return refusals
 
