@@ -14,6 +14,7 @@ from facekp import data as facedata
 from facekp import metrics
 from facekp.contract import HALF, KEYPOINT_NAMES, denormalize, normalize
 from facekp.data import REPO_ROOT
+from handler.inference import choose_precision
 from train.model import KeypointNet, ServingModel, shift_views, shifted
 from train.run import (
     COMMITTED_TEACHERS,
@@ -27,6 +28,8 @@ from train.run import (
     predict,
     to_tensors,
     train_network,
+    training_device,
+    training_precision,
 )
 from train.studies.views_probe import turned, view_answer
 
@@ -42,6 +45,7 @@ def test_quick_training_writes_a_standalone_torchscript_model(tmp_path, needs_da
     assert card["validation"]["score"] > 0 and len(card["validation"]["rmse_px_per_keypoint"]) == 15
     assert card["parameters"] < 5_000_000 and card["size_bytes"] < 20_000_000
     assert card["torch"] == torch.__version__ and card["config"]["epochs"] == 3 and "CPU cores" in card["machine"]
+    assert card["device"] == ("cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(0))
     assert card["command"].startswith("python train/run.py --quick --out ")
     # --quick: one teacher network, then the student distilled from it is what is exported, with its mirrored pass
     # and its two moved views (each mirrored too): six passes.
@@ -381,7 +385,8 @@ def test_scoring_the_validation_faces_less_often_changes_nothing_that_is_learned
 def test_contradictory_flags_are_refused_before_any_work(tmp_path):
     for args, message in ((["--no-student"], "--no-student exports the networks it trains"),
                           (["--val-every", "0"], "--val-every is a number of epochs"),
-                          (["--fold", "1", "--all-people"], "cannot also train on --all-people")):
+                          (["--fold", "1", "--all-people"], "cannot also train on --all-people"),
+                          (["--device", "gpu"], "--device is auto, cuda or cpu")):
         result = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "run.py"), *args, "--out", str(tmp_path)],
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 2 and message in result.stderr, result.stderr
@@ -535,3 +540,14 @@ def test_the_learning_rate_warms_up_then_decays_to_its_floor():
     assert lr_at(10, 100, 10, 1.0) == pytest.approx(1.0) and lr_at(100, 100, 10, 1.0) == pytest.approx(0.0)
     assert lr_at(100, 100, 10, 1.0, floor=0.25) == pytest.approx(0.25)
     assert lr_at(55, 100, 10, 2.0, floor=0.25) == pytest.approx(2.0 * (0.25 + 0.75 * 0.5))
+
+
+def test_the_device_is_cuda_where_there_is_one_and_asked_for_cuda_refused_where_there_is_none():
+    gpu = torch.cuda.is_available()
+    assert training_device("auto").type == ("cuda" if gpu else "cpu") and training_device("cpu").type == "cpu"
+    assert training_precision("auto", torch.device("cuda")) == "bf16"  # bfloat16 autocast on any GPU
+    assert training_precision("fp32", torch.device("cuda")) == "fp32"
+    assert training_precision("auto", torch.device("cpu")) == choose_precision("auto", torch.device("cpu"))
+    if not gpu:
+        with pytest.raises(ValueError, match="sees no CUDA device"):
+            training_device("cuda")

@@ -49,6 +49,7 @@ from train.model import KeypointNet, ServingModel, count_parameters, networks_fr
 
 MODEL_FILE = "keypoints.pt"
 CARD_FILE = "model_card.json"
+CPU = torch.device("cpu")
 # The shipped model's teachers (docs/accuracy.md): trained on every person, so only an --all-people
 # student may learn from them; a run that validates on held-out people trains or names its own.
 TEACHERS_DIR = REPO_ROOT / "train" / "teachers"
@@ -90,7 +91,8 @@ class Config:
     # live views serve this many epochs: each epoch's augmented views and the teacher's answers to them are
     # replayed, reshuffled and a random half mirrored, for view_reuse - 1 more epochs (teacher cost / view_reuse)
     view_reuse: int = 2  # the teacher answers every other epoch: -23 % time on fold 4, no loss on folds 3-4
-    precision: str = "auto"  # auto: bfloat16 autocast where the CPU has AMX / AVX-512 BF16, else fp32
+    precision: str = "auto"  # auto: bfloat16 autocast on CUDA and where the CPU has AMX / AVX-512 BF16, else fp32
+    device: str = "auto"  # auto: CUDA when there is a GPU, else the CPU | cuda | cpu
     batch_size: int = 64
     lr: float = 3e-3
     lr_floor: float = 0.25  # the cosine ends at lr * lr_floor (a 120-epoch network lost 2 % to its low-lr tail)
@@ -182,7 +184,31 @@ def parse_args(argv: list[str] | None = None) -> Config:
         parser.error("--distill is a weight in [0, 1]")
     if cfg.folds < 2 or cfg.fold >= cfg.folds:
         parser.error("--fold must be below --folds, and --folds at least 2")
+    try:
+        training_device(cfg.device)
+    except ValueError as err:
+        parser.error(str(err))
     return cfg
+
+
+def training_device(setting: str) -> torch.device:
+    """The device of --device: auto is CUDA when torch sees a GPU, else the CPU; ValueError says why not."""
+    if setting not in ("auto", "cuda", "cpu"):
+        raise ValueError(f"--device is auto, cuda or cpu, got {setting!r}")
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device cuda: torch {torch.__version__} sees no CUDA device here (--device auto or cpu)")
+    return torch.device("cuda" if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def training_precision(setting: str, device: torch.device) -> str:
+    """bf16 or fp32 for --precision on this device: auto is bfloat16 autocast on CUDA, else the handlers' choice."""
+    if setting == "auto" and device.type == "cuda":
+        return "bf16"
+    return choose_precision(setting, device)
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def to_tensors(faces: facedata.FaceData, aux68: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,9 +222,10 @@ def to_tensors(faces: facedata.FaceData, aux68: bool = False) -> tuple[torch.Ten
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, images: torch.Tensor, batch: int = 256) -> np.ndarray:
-    """Normalized predictions (N, 15, 2) for model in eval mode."""
+    """Normalized predictions (N, 15, 2) for model in eval mode, on the model's device."""
     model.eval()
-    return torch.cat([model(images[i:i + batch]) for i in range(0, len(images), batch)]).numpy()
+    device = next(model.parameters()).device
+    return torch.cat([model(images[i:i + batch].to(device)).cpu() for i in range(0, len(images), batch)]).numpy()
 
 
 def keypoint_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
@@ -291,31 +318,32 @@ def load_teacher(spec: str, flip: bool = True) -> torch.nn.Module:
     return models[0] if len(models) == 1 else ServingModel(models, flip=False).eval()  # their mean, as of members
 
 
-def build_teacher(cfg: Config, nets: list[KeypointNet]) -> torch.nn.Module:
+def build_teacher(cfg: Config, nets: list[KeypointNet], device: torch.device = CPU) -> torch.nn.Module:
     """What the student learns from: --teacher's files, else this run's members; each view also answered
-    mirrored (--teacher-flip) and moved (--teacher-tta-shift), as a served model would answer it."""
+    mirrored (--teacher-flip) and moved (--teacher-tta-shift), as a served model would answer it; on device."""
     if cfg.teacher:
         teacher = load_teacher(cfg.teacher, cfg.teacher_flip)
     else:
         teacher = ServingModel(nets, cfg.teacher_flip).eval()
     if cfg.teacher_tta_shift:
         teacher = ServingModel([teacher], flip=False, shifts=shift_views(cfg.teacher_tta_shift)).eval()
-    return teacher.to(memory_format=torch.channels_last)  # its inputs are channels-last: 1.3x (train_network)
+    return teacher.to(device, memory_format=torch.channels_last)  # its inputs are channels-last: 1.3x (train_network)
 
 
 def _fresh_views(x_train: torch.Tensor, y_train: torch.Tensor, order: torch.Tensor, cfg: Config,
                  gen: torch.Generator, mirror: Callable, teacher: Teacher | None, precision: str,
-                 kept: list | None = None) -> Views:
-    """One epoch of newly augmented views (images, targets, the teacher's answers or None), in batches.
+                 kept: list | None = None, device: torch.device = CPU) -> Views:
+    """One epoch of newly augmented views (images, targets, the teacher's answers or None) on device, in batches.
 
-    With kept (a list), each batch is also appended to it for _replayed_views.
+    Augmentation runs on the CPU (its seeded generator there), its views then go to device. With kept (a
+    list), each batch is also appended to it for _replayed_views.
     """
     for idx in order.split(cfg.batch_size):
         images, target = augment(x_train[idx], y_train[idx], cfg.augment, gen, mirror)
-        images = images.contiguous(memory_format=torch.channels_last)
+        images, target = images.to(device, memory_format=torch.channels_last), target.to(device)
         taught = None
         if teacher is not None:
-            with torch.no_grad(), autocast(precision):
+            with torch.no_grad(), autocast(precision, device.type):
                 taught = teacher(images).float()
         if kept is not None:
             kept.append((images.detach(), target.detach(), taught))
@@ -328,7 +356,7 @@ def _replayed_views(kept: list, batch_size: int, flip: float, gen: torch.Generat
     images, target, taught = (torch.cat(part) for part in zip(*kept, strict=True))
     for idx in torch.randperm(len(images), generator=gen).split(batch_size):
         view, label, answer = images[idx], target[idx], taught[idx]
-        flipped = torch.rand(len(idx), generator=gen) < flip
+        flipped = (torch.rand(len(idx), generator=gen) < flip).to(view.device)
         if flipped.any():
             view, label, answer = view.clone(), label.clone(), answer.clone()
             view[flipped] = view[flipped].flip(-1)
@@ -347,18 +375,18 @@ def weight_average(net: KeypointNet, decay: float) -> AveragedModel:
 def train_network(cfg: Config, seed: int, tag: str, epochs: int, x_train: torch.Tensor, y_train: torch.Tensor,
                   x_val: torch.Tensor, val_keypoints: np.ndarray, use_aux: bool, precision: str,
                   teacher: Teacher | None = None, flip_tta: bool = True,
-                  epochs_after: int = 0) -> tuple[KeypointNet, list[dict]]:
-    """Train one network from its own seed; returns the EMA weights and the per-epoch history.
+                  epochs_after: int = 0, device: torch.device = CPU) -> tuple[KeypointNet, list[dict]]:
+    """Train one network from its own seed on device; returns the EMA weights (on the CPU) and the history.
 
     With a teacher, the 15 keypoints learn from (1 - distill) x labels + distill x the teacher's
     keypoints for the same augmented view; the 68 auxiliary points from the labels alone.
     """
     print(f"{tag} training {'a student of the teacher' if teacher else 'a network'}, seed {seed}, "
-          f"{epochs} epochs, {precision}", flush=True)
+          f"{epochs} epochs, {precision}{'' if device.type == 'cpu' else ' on ' + device_name(device)}", flush=True)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     # channels-last: oneDNN's convolutions run 1.3x faster on it in bf16 (1.1x in fp32), the same math.
-    net = build_net(cfg, use_aux, student=teacher is not None).to(memory_format=torch.channels_last)
+    net = build_net(cfg, use_aux, student=teacher is not None).to(device, memory_format=torch.channels_last)
     ema = weight_average(net, cfg.ema_decay)
     mirror, cached = net.mirror, teacher is not None and cfg.teacher_views == "cached"
     if cached:
@@ -382,7 +410,7 @@ def train_network(cfg: Config, seed: int, tag: str, epochs: int, x_train: torch.
             order = torch.randperm(len(x_train), generator=gen)
             kept: list = []
             batches = _fresh_views(x_train, y_train, order, cfg, gen, mirror, None if cached else teacher,
-                                   precision, kept if reuse > 1 else None)
+                                   precision, kept if reuse > 1 else None, device)
         else:
             batches = _replayed_views(kept, cfg.batch_size, cfg.augment.flip, gen, mirror)
         losses = []
@@ -391,7 +419,7 @@ def train_network(cfg: Config, seed: int, tag: str, epochs: int, x_train: torch.
                 target, taught = target[:, :-NUM_KEYPOINTS], target[:, -NUM_KEYPOINTS:]
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total_steps, warmup, cfg.lr, cfg.lr_floor)
-            with autocast(precision):
+            with autocast(precision, device.type):
                 pred = net(images).float()
             loss = keypoint_loss(pred[:, :NUM_KEYPOINTS], target[:, :NUM_KEYPOINTS], cfg.loss)
             if teacher is not None:
@@ -416,7 +444,7 @@ def train_network(cfg: Config, seed: int, tag: str, epochs: int, x_train: torch.
                   f"label x offset {row['label_x_offset_px']:+.2f}px" if "val_score" in row else "")
         print(f"{tag} epoch {epoch:3d}/{epochs}  loss {row['train_loss']:.4f}  {scored:55}  "
               f"{elapsed / 60:5.1f} min  ~{left / 60:.1f} min left", flush=True)
-    return ema.module.to(memory_format=torch.contiguous_format).eval(), history  # exported as before
+    return ema.module.to("cpu", memory_format=torch.contiguous_format).eval(), history  # exported as before
 
 
 def export(model: torch.nn.Module, path: Path) -> None:
@@ -445,7 +473,8 @@ def train(cfg: Config) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     start = time.time()
-    precision = choose_precision(cfg.precision, torch.device("cpu"))
+    device = training_device(cfg.device)
+    precision = training_precision(cfg.precision, device)
     faces = facedata.load(cfg.data or None)
     train_faces, val_faces = facedata.split_by_person(faces, cfg.fold, cfg.folds)
     if cfg.all_people:
@@ -477,7 +506,7 @@ def train(cfg: Config) -> dict:
     plan = [("member", cfg.epochs)] * cfg.members + ([("student", cfg.student_epochs)] if cfg.student else [])
     print(f"model: {cfg.head} head, blocks {cfg.blocks}; members: widths {cfg.widths}, "
           f"{count_parameters(build_net(cfg, use_aux)):,} parameters; student: widths {cfg.student_widths}, "
-          f"{count_parameters(build_net(cfg, use_aux, student=True)):,}; {precision}; plan: "
+          f"{count_parameters(build_net(cfg, use_aux, student=True)):,}; {precision} on {device_name(device)}; plan: "
           + " + ".join(f"{kind} ({epochs} epochs)" for kind, epochs in plan), flush=True)
 
     def epochs_after(k: int) -> int:
@@ -487,14 +516,14 @@ def train(cfg: Config) -> dict:
     for k in range(cfg.members):
         net, net_history = train_network(cfg, seeds[k], f"[member {k + 1}/{cfg.members}]", cfg.epochs, x_train,
                                          y_train, x_val, val_faces.keypoints, use_aux, precision,
-                                         flip_tta=cfg.flip_tta, epochs_after=epochs_after(k))
+                                         flip_tta=cfg.flip_tta, epochs_after=epochs_after(k), device=device)
         nets.append(net)
         member_scores.append(net_history[-1]["val_score"])
         history += net_history
     ensemble = ServingModel(nets, cfg.flip_tta).eval() if nets else None
     teacher_card: dict = {}
     if cfg.student:
-        teacher = build_teacher(cfg, nets)
+        teacher = build_teacher(cfg, nets, device)
         teacher_pred = denormalize(predict(teacher, x_val))
         source = cfg.teacher or f"the {len(nets)} members of this run, mirrored {cfg.teacher_flip}"
         if cfg.teacher_tta_shift:
@@ -506,7 +535,7 @@ def train(cfg: Config) -> dict:
               flush=True)
         student, student_history = train_network(cfg, seeds[-1], "[student]", cfg.student_epochs, x_train,
                                                  y_train, x_val, val_faces.keypoints, use_aux, precision,
-                                                 teacher=teacher, flip_tta=cfg.student_flip_tta)
+                                                 teacher=teacher, flip_tta=cfg.student_flip_tta, device=device)
         history += student_history
         views = shift_views(cfg.student_tta_shift if cfg.student_flip_tta else 0)  # the bare pass without
         exported = ServingModel(student, cfg.student_flip_tta, views).eval()
@@ -542,6 +571,7 @@ def train(cfg: Config) -> dict:
         "size_bytes": (out / MODEL_FILE).stat().st_size,
         "training_minutes": round((time.time() - start) / 60, 2),
         "precision": precision,
+        "device": device_name(device),
         "data": {"path": faces.source, "faces": len(faces), "train_faces": len(train_faces),
                  "train_people": len(set(train_faces.people)), "split": split_rule(cfg)},
         "config": dataclasses.asdict(cfg),
