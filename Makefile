@@ -85,7 +85,7 @@ image-test:
 hadolint: $(VENV)/.dev
 	$(VENV)/bin/hadolint Dockerfile
 
-.PHONY: loadtest bench overload
+.PHONY: loadtest bench overload bench-gpu
 USERS ?= 16
 SPAWN_RATE ?= 16
 DURATION ?= 60s
@@ -107,6 +107,13 @@ loadtest: $(VENV)/.runtime
 bench: $(VENV)/.dev
 	$(PY) -m loadtest.models_compare
 	$(PY) -m loadtest.benchmark
+
+## bench-gpu: the GPU path on any CUDA machine in one run (model faces/s by batch and precision, a handler
+## worker, the photo path, a training step, the score as served); without CUDA one line and exit 0.
+## BENCH_GPU_ARGS=--train-epochs 100 also trains the default recipe on the GPU
+BENCH_GPU_ARGS ?=
+bench-gpu: $(VENV)/.dev
+	$(PY) -m loadtest.gpu_bench $(BENCH_GPU_ARGS)
 
 ## overload: more clients than the service can take (256 backing-off clients, open loop at 1x/2x/4x capacity),
 ## recovery after the spike; own TorchServe on free ports, ~4 min per config; docs/reliability/overload.csv
