@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import itertools
 import json
 import math
 import os
@@ -224,7 +225,7 @@ def to_tensors(faces: facedata.FaceData, aux68: bool = False) -> tuple[torch.Ten
 def predict(model: torch.nn.Module, images: torch.Tensor, batch: int = 256) -> np.ndarray:
     """Normalized predictions (N, 15, 2) for model in eval mode, on the model's device."""
     model.eval()
-    device = next(model.parameters()).device
+    device = next(itertools.chain(model.parameters(), model.buffers()), torch.empty(0)).device  # CPU if neither
     return torch.cat([model(images[i:i + batch].to(device)).cpu() for i in range(0, len(images), batch)]).numpy()
 
 
