@@ -44,25 +44,26 @@ def augment(images: torch.Tensor, keypoints: torch.Tensor, cfg: AugmentConfig, g
     """images (N,1,96,96) in [0,1], keypoints (N,15,2) or (N,15+68,2) normalized -> augmented.
 
     mirror maps the labels of a face to the labels of its mirror image (KeypointNet.mirror);
-    when it has learned parameters, the targets carry their gradient.
+    when it has learned parameters, the targets carry their gradient. The random numbers come from
+    gen on the CPU, whatever device the batch is on (a GPU's batch then gets the CPU's stream).
     """
-    n = images.shape[0]
+    n, device = images.shape[0], images.device
     kp = keypoints.clone()
 
-    flip = torch.rand(n, generator=gen) < cfg.flip
+    flip = (torch.rand(n, generator=gen) < cfg.flip).to(device)
     if flip.any():
         images = images.clone()
         images[flip] = images[flip].flip(-1)
         kp[flip] = mirror(kp[flip])
 
-    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(cfg.rotate_deg)
-    scale = torch.exp(torch.randn(n, generator=gen) * cfg.scale_sigma)
-    shift = torch.randn(n, 2, generator=gen) * (cfg.shift_px / HALF)
+    angle = ((torch.rand(n, generator=gen) * 2 - 1) * math.radians(cfg.rotate_deg)).to(device)
+    scale = torch.exp(torch.randn(n, generator=gen) * cfg.scale_sigma).to(device)
+    shift = (torch.randn(n, 2, generator=gen) * (cfg.shift_px / HALF)).to(device)
     cos, sin = torch.cos(angle), torch.sin(angle)
     rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (n,2,2)
     forward = rot * scale[:, None, None]  # output = forward @ input + shift
     if cfg.aspect_sigma > 0 or cfg.shear > 0:  # drawn only when asked: the default's random stream is as before
-        forward = forward @ _proportions(n, cfg.aspect_sigma, cfg.shear, gen)
+        forward = forward @ _proportions(n, cfg.aspect_sigma, cfg.shear, gen).to(device)
     inverse = torch.linalg.inv(forward)
     theta = torch.cat([inverse, (-inverse @ shift[:, :, None])], dim=2)  # output -> input
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
@@ -70,14 +71,15 @@ def augment(images: torch.Tensor, keypoints: torch.Tensor, cfg: AugmentConfig, g
     kp = (kp + _GRID_OFFSET) @ forward.transpose(1, 2) + shift[:, None, :] - _GRID_OFFSET
 
     shape = (n, 1, 1, 1)
-    gamma = torch.exp(torch.randn(shape, generator=gen) * cfg.gamma_sigma)
+    gamma = torch.exp(torch.randn(shape, generator=gen) * cfg.gamma_sigma).to(device)
     images = images.clamp(1e-4, 1).pow(gamma)
-    contrast = torch.exp(torch.randn(shape, generator=gen) * cfg.contrast_sigma)
+    contrast = torch.exp(torch.randn(shape, generator=gen) * cfg.contrast_sigma).to(device)
     mean = images.mean(dim=(2, 3), keepdim=True)
-    images = (images - mean) * contrast + mean + torch.randn(shape, generator=gen) * cfg.brightness
-    blur = torch.rand(shape, generator=gen) < cfg.blur
+    images = (images - mean) * contrast + mean + (torch.randn(shape, generator=gen) * cfg.brightness).to(device)
+    blur = (torch.rand(shape, generator=gen) < cfg.blur).to(device)
     images = torch.where(blur, F.avg_pool2d(images, 3, 1, 1, count_include_pad=False), images)
-    images = images + torch.randn(images.shape, generator=gen) * (torch.rand(shape, generator=gen) * cfg.noise_max)
+    noise = torch.randn(images.shape, generator=gen) * (torch.rand(shape, generator=gen) * cfg.noise_max)
+    images = images + noise.to(device)
     if cfg.erase > 0:
         images = _erase(images, cfg.erase, gen)
     return images.clamp(0, 1), kp
@@ -97,10 +99,11 @@ def _erase(images: torch.Tensor, probability: float, gen: torch.Generator) -> to
     n, _, h, w = images.shape
     size = torch.rand(n, 2, generator=gen) * 0.3 + 0.15  # (height, width) as a share of the side
     corner = torch.rand(n, 2, generator=gen) * (1 - size)
-    ys = torch.arange(h).div(h).view(1, h, 1)
-    xs = torch.arange(w).div(w).view(1, 1, w)
+    size, corner = size.to(images.device), corner.to(images.device)
+    ys = torch.arange(h, device=images.device).div(h).view(1, h, 1)
+    xs = torch.arange(w, device=images.device).div(w).view(1, 1, w)
     inside = ((ys >= corner[:, 0, None, None]) & (ys < (corner[:, 0] + size[:, 0])[:, None, None])
               & (xs >= corner[:, 1, None, None]) & (xs < (corner[:, 1] + size[:, 1])[:, None, None]))
-    chosen = (torch.rand(n, generator=gen) < probability)[:, None, None]
-    grey = torch.rand(n, 1, 1, 1, generator=gen)
+    chosen = (torch.rand(n, generator=gen) < probability)[:, None, None].to(images.device)
+    grey = torch.rand(n, 1, 1, 1, generator=gen).to(images.device)
     return torch.where((inside & chosen)[:, None], grey, images)

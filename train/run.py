@@ -336,12 +336,12 @@ def _fresh_views(x_train: torch.Tensor, y_train: torch.Tensor, order: torch.Tens
                  kept: list | None = None, device: torch.device = CPU) -> Views:
     """One epoch of newly augmented views (images, targets, the teacher's answers or None) on device, in batches.
 
-    Augmentation runs on the CPU (its seeded generator there), its views then go to device. With kept (a
+    Augmentation runs on device too (its random numbers from the seeded CPU generator). With kept (a
     list), each batch is also appended to it for _replayed_views.
     """
     for idx in order.split(cfg.batch_size):
-        images, target = augment(x_train[idx], y_train[idx], cfg.augment, gen, mirror)
-        images, target = images.to(device, memory_format=torch.channels_last), target.to(device)
+        images, target = augment(x_train[idx].to(device), y_train[idx].to(device), cfg.augment, gen, mirror)
+        images = images.contiguous(memory_format=torch.channels_last)
         taught = None
         if teacher is not None:
             with torch.no_grad(), autocast(precision, device.type):
