@@ -22,7 +22,7 @@ from PIL import Image
 
 from facekp.contract import IMAGE_SIZE, KEYPOINT_NAMES, MEAN_LAYOUT, denormalize
 from handler.face_detector import Detection, FaceDetector
-from handler.processing import MAX_PIXELS, Reply, decode_photo, read_request, reply_for_failure
+from handler.processing import MAX_PIXELS, Reply, decode_photo, read_request, reply_for, reply_for_failure
 
 DETECTOR_LAYOUT = np.array([[31.07, 37.99], [63.30, 37.31], [47.17, 56.34], [34.46, 73.30], [60.72, 72.75]])
 """Mean position, in a training-framed 96x96 crop, of the detector's 5 landmarks (image-left eye,
@@ -153,7 +153,7 @@ def answer_photos(requests: list[dict[str, Any]], detector: FaceDetector, run_mo
         # the detector's boxes are in continuous coordinates (edges), the keypoints in pixel-centre ones
         detections = [Detection(tuple(v * scale for v in d.box), d.score, d.landmarks * scale) for d in detections]
         plain = faces_json(detections, [rescale(p, scale) for p in per_face], width, height)
-        replies[slot] = incoming.reply(plain, model_name)
+        replies[slot] = reply_for(slot, incoming, plain, model_name)
     return replies  # type: ignore[return-value]
 
 

@@ -68,7 +68,9 @@ def for_inference(model: torch.nn.Module, device: torch.device, precision: str,
     """
     if not isinstance(model, torch.jit.ScriptModule):
         return model
-    if channels_last_on(device) if channels_last is None else channels_last:
+    if channels_last is None:
+        channels_last = channels_last_on(device)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     frozen = torch.jit.freeze(model.eval())
     if precision == "fp32" and device.type == "cpu":

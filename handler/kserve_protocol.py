@@ -67,6 +67,7 @@ def image_from_kserve(body: Mapping[str, Any]) -> bytes:
     """The image file inside a v2 or v1 request; ProtocolError says what is wrong and how it should look."""
     protocol = protocol_of(body)
     if protocol == "v2":
+        requested_outputs(body)  # malformed output choices are refused before the model runs
         return _decode_base64(_only_value_of_v2(body))
     if protocol == "v1":
         return _decode_base64(_only_value_of_v1(body))
@@ -201,14 +202,9 @@ def encode_v2(reply: Mapping[str, Any], request: Mapping[str, Any]) -> tuple[dic
     """
     outputs = {output["name"]: output for output in reply["outputs"]}
     default_binary = _parameter(request, "binary_data_output")
-    asked = request.get("outputs") or [{"name": name} for name in outputs]
-    if not isinstance(asked, list) or not all(isinstance(o, Mapping) for o in asked):
-        raise ProtocolError("v2 request: 'outputs' must be a list of {\"name\": ...} objects")
+    asked = requested_outputs(request, list(outputs)) or [{"name": name} for name in outputs]
     chosen, binary = [], []
     for output in asked:
-        if output.get("name") not in outputs:
-            raise ProtocolError(f"v2 request asks for output {output.get('name')!r}; this model answers "
-                                f"{', '.join(map(repr, outputs))}")
         tensor = dict(outputs[output["name"]])
         wanted = _parameter(output, "binary_data")
         if default_binary if wanted is None else wanted:
@@ -217,6 +213,20 @@ def encode_v2(reply: Mapping[str, Any], request: Mapping[str, Any]) -> tuple[dic
             binary.append(data)
         chosen.append(tensor)
     return {**reply, "outputs": chosen}, (b"".join(binary) if binary else None)
+
+
+def requested_outputs(request: Mapping[str, Any], available: list[str] | None = None) -> list[Mapping[str, Any]]:
+    """The outputs a v2 request names ([] for all), checked: a list of objects with a string name, each one
+    the model answers (when `available` is given); ProtocolError otherwise."""
+    asked = request.get("outputs") or []
+    if not isinstance(asked, list) or not all(isinstance(o, Mapping) and isinstance(o.get("name"), str)
+                                              for o in asked):
+        raise ProtocolError('v2 request: \'outputs\' must be a list of {"name": "<output>"} objects')
+    unknown = [o["name"] for o in asked if available is not None and o["name"] not in available]
+    if unknown:
+        raise ProtocolError(f"v2 request asks for output {unknown[0]!r}; this model answers "
+                            f"{', '.join(map(repr, available))}")
+    return asked
 
 
 def _parameter(item: Mapping[str, Any], name: str) -> Any:

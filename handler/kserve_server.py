@@ -35,7 +35,15 @@ from facekp.contract import NUM_KEYPOINTS  # noqa: E402
 from facekp.server import port_in_use  # noqa: E402
 from handler.batching import MicroBatcher  # noqa: E402
 from handler.inference import choose_precision, model_runner  # noqa: E402
-from handler.kserve_protocol import V2_INPUT, ProtocolError, image_from_kserve, kserve_answer  # noqa: E402
+from handler.kserve_protocol import (  # noqa: E402
+    V2_INPUT,
+    V2_OUTPUTS,
+    ProtocolError,
+    image_from_kserve,
+    kserve_answer,
+    read_binary_request,
+    requested_outputs,
+)
 from handler.processing import MAX_PIXELS, Reply, RequestError, answer_batch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -56,11 +64,8 @@ def make_model(name: str, model_file: Path, max_pixels: int = MAX_PIXELS, batch_
 
     class BadRequest(RequestError, InvalidInput):
         """Bad input: over REST the status and message of RequestError (serve's handler); over gRPC
-        kserve's interceptor turns InvalidInput into INVALID_ARGUMENT with the same message."""
-
-        def __init__(self, status: int, message: str):
-            RequestError.__init__(self, status, message)
-            self.reason = message
+        kserve's interceptor turns InvalidInput into INVALID_ARGUMENT with the same message (its
+        reason, set by InvalidInput.__init__, which RequestError's super().__init__ reaches)."""
 
     class KeypointModel(kserve.Model):
         def load(self) -> bool:
@@ -84,20 +89,23 @@ def make_model(name: str, model_file: Path, max_pixels: int = MAX_PIXELS, batch_
         async def infer(self, request: InferRequest) -> InferResponse:
             try:
                 image = image_from_kserve(v2_request_of(request))
+                asked = [o["name"] for o in requested_outputs(
+                    {"outputs": [{"name": o.name} for o in request.request_outputs or []]}, list(V2_OUTPUTS))]
             except ProtocolError as err:
                 raise BadRequest(400, str(err)) from None
-            asked = [output.name for output in request.request_outputs or []]
-            unknown = set(asked) - {output["name"] for output in self.get_output_types()}
-            if unknown:
-                raise BadRequest(400, f"v2 request asks for output(s) {', '.join(map(repr, sorted(unknown)))}; this "
-                                      f"model answers {', '.join(repr(o['name']) for o in self.get_output_types())}")
+            if image[:1] == b"{":  # JSON is no image file, and answer_batch would read it as a request
+                raise BadRequest(415, "the image element holds JSON, not an image file")
             plain = self.checked(await self.batcher.answer(image)).body
             answer = {"id": request.id or "", **kserve_answer("v2", plain, {"id": request.id}, self.name)}
             answer["outputs"] = [o for o in answer["outputs"] if not asked or o["name"] in asked]
             binary = request.use_binary_outputs or any(o.binary_data for o in request.request_outputs or [])
             if not request.from_grpc and not binary:
                 return answer  # JSON: the numbers exactly as TorchServe's handler writes them (kserve wants an id)
-            # kserve encodes the rest: binary data (REST), typed contents or raw (gRPC)
+            # kserve encodes the rest: binary data (REST), typed contents or raw (gRPC). Its REST encoder
+            # reads only each named output's binary_data, so the request's binary_data_output is passed down.
+            for output in request.request_outputs or []:
+                if output.binary_data is None:
+                    output.parameters = {**(output.parameters or {}), "binary_data": request.use_binary_outputs}
             outputs = [InferOutput(o["name"], o["shape"], o["datatype"], o["data"]) for o in answer["outputs"]]
             return InferResponse(answer["id"], self.name, outputs, from_grpc=request.from_grpc,
                                  use_binary_outputs=request.use_binary_outputs,
@@ -160,20 +168,36 @@ def keep_binary_bytes_inputs() -> None:
     InferInput.set_data_from_numpy = set_data_from_numpy
 
 
-def read_headerless_bodies_as_json() -> None:
-    """Work around kserve 0.21 with FastAPI's strict content types: a JSON request sent without a
-    Content-Type (tritonclient's JSON-only requests) reaches kserve as bytes, and kserve then asks for
-    the Inference-Header-Content-Length header (a 400). The protocol says a body without that header
-    is all JSON, so that is what the header is taken to be."""
+def check_bodies_before_kserve_decodes_them() -> None:
+    """Work around kserve 0.21's reading of v2 bodies that come as bytes (binary tensor data, or JSON
+    without a Content-Type: FastAPI's strict content types hand those over unparsed):
+
+    - a body without the Inference-Header-Content-Length header is refused (a 400), where the protocol
+      says it is all JSON (tritonclient's JSON-only requests): that length is taken for the header;
+    - a malformed one (a header that is no number, a BYTES element cut short, data that does not fit its
+      shape, no "inputs") raises ValueError, KeyError or struct.error inside kserve: a 500. It is read
+      first by the same check as TorchServe's route (read_binary_request), and anything kserve still
+      cannot read is a 400 (InvalidInput) that says so.
+    """
     from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
+    from kserve.errors import InvalidInput
     from kserve.protocol.dataplane import DataPlane
 
     original = DataPlane.decode_inference_request
 
     def decode_inference_request(self, body, headers, model_name):
-        if isinstance(body, bytes) and INFERENCE_CONTENT_LENGTH_HEADER not in headers:
-            headers = {**headers, INFERENCE_CONTENT_LENGTH_HEADER: str(len(body))}
-        return original(self, body, headers, model_name)
+        if not isinstance(body, bytes):
+            return original(self, body, headers, model_name)
+        headers = {INFERENCE_CONTENT_LENGTH_HEADER: str(len(body)), **headers}
+        try:
+            read_binary_request(body, headers[INFERENCE_CONTENT_LENGTH_HEADER])
+            return original(self, body, headers, model_name)
+        except ProtocolError as err:
+            raise InvalidInput(str(err)) from None
+        except (ValueError, KeyError, TypeError, struct.error) as err:
+            if isinstance(err, InvalidInput):
+                raise
+            raise InvalidInput(f"v2 request that kserve cannot read ({type(err).__name__}: {err})") from None
 
     DataPlane.decode_inference_request = decode_inference_request
 
@@ -216,7 +240,7 @@ def serve(args: argparse.Namespace) -> None:
 
     model_server.app.add_exception_handler(RequestError, request_error)
     keep_binary_bytes_inputs()
-    read_headerless_bodies_as_json()
+    check_bodies_before_kserve_decodes_them()
     bind_grpc_to(args.bind)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -333,5 +333,13 @@ def answer_batch(
         outputs = run_model(np.stack(inputs))
         for slot, output, frame, incoming in zip(slots, outputs, frames, incomings, strict=True):
             plain = keypoints_json(to_image_coordinates(output, frame), frame)
-            replies[slot] = incoming.reply(plain, model_name)
+            replies[slot] = reply_for(slot, incoming, plain, model_name)
     return replies  # type: ignore[return-value]
+
+
+def reply_for(index: int, incoming: Incoming, plain: dict[str, Any], model_name: str) -> Reply:
+    """incoming.reply, with an unexpected error failing request `index` alone (reply_for_failure), not its batch."""
+    try:
+        return incoming.reply(plain, model_name)
+    except Exception as err:
+        return reply_for_failure(index, err)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from handler.inference import choose_precision, model_runner
+from handler.inference import channels_last_on, choose_precision, model_runner
 from handler.kserve_protocol import BINARY_HEADER, pass_torchserve_envelopes_through
 from handler.processing import MAX_PIXELS, Reply
 
@@ -34,8 +34,9 @@ class ServingHandler(BaseHandler):
         self.precision = choose_precision(str(self.settings.get("precision", "auto")), self.device)
         freeze = bool(self.settings.get("freeze", True))  # false: the file's graph as is (benchmarks)
         self.run_model = model_runner(self.model, self.device, self.precision, freeze)
-        logger.info("%s: keypoint model %s%s on %s, %d torch thread(s)", self.model_name, self.precision,
-                    ", frozen" if freeze else "", self.device, torch.get_num_threads())
+        logger.info("%s: keypoint model %s%s%s on %s, %d torch thread(s)", self.model_name, self.precision,
+                    ", frozen" if freeze else "", ", channels-last" if channels_last_on(self.device) else "",
+                    self.device, torch.get_num_threads())
         pass_torchserve_envelopes_through()
 
     @staticmethod

@@ -109,16 +109,18 @@ def model_forms(device: torch.device, compiled: bool = True) -> dict[str, tuple[
             model = torch.compile(model)
 
         def run(x: torch.Tensor) -> torch.Tensor:
-            with autocast("bf16" if bf16 else "fp32", "cuda"):
+            with autocast("bf16" if bf16 else "fp32", device.type):
                 return model(x)
 
         return run
 
     add("shipped file as it is (NCHW), fp32", lambda: file_as(None, False, False), False)
     add("shipped file frozen (NCHW), fp32: served before", lambda: file_as(None, False, True), False)
-    runner = model_runner(torch.jit.load(str(MODEL_FILE), map_location=device).eval(), device, "fp32")
-    add("served: frozen, channels-last, fp32 (handler.inference)",
-        lambda: lambda x: torch.from_numpy(runner(x.cpu().numpy())), True)
+    def served() -> Callable:  # what the handlers run on this device, host copies included
+        runner = model_runner(torch.jit.load(str(MODEL_FILE), map_location=device).eval(), device, "fp32")
+        return lambda x: torch.from_numpy(runner(x.cpu().numpy()))
+
+    add("served: frozen, channels-last on CUDA, fp32 (handler.inference)", served, True)
     add("shipped file channels-last, fp32", lambda: file_as(None, True, False), True)
     add("shipped file channels-last, bf16 weights", lambda: file_as(torch.bfloat16, True, False), True)
     add("shipped file channels-last, fp16 weights", lambda: file_as(torch.float16, True, False), True)
@@ -217,11 +219,10 @@ def score_table(device: torch.device, faces: facedata.FaceData) -> list[dict]:
     return rows
 
 
-def training_table(device: torch.device, data: str | None, epochs: int, steps: int = 20) -> list[dict]:
+def training_table(device: torch.device, data: str | None, epochs: int, out: Path, steps: int = 20) -> list[dict]:
     """A student's training step on device (batch 64, forward + backward + AdamW, the teachers' four passes
     beside it), and with epochs > 0 the default recipe trained on device for that many student epochs."""
-    from train.run import MODEL_FILE as CARD_MODEL
-    from train.run import build_net, build_teacher, keypoint_loss, parse_args, train, training_precision
+    from train.run import CARD_FILE, build_net, build_teacher, keypoint_loss, parse_args, train, training_precision
 
     flags = ["--device", device.type, *(["--data", data] if data else [])]
     cfg = parse_args(flags)
@@ -256,15 +257,14 @@ def training_table(device: torch.device, data: str | None, epochs: int, steps: i
              "device": device.type, "ms": round((time.perf_counter() - start) / steps * 1000, 1)}]
     print(f"  {rows[-1]}", flush=True)
     if epochs:
-        out = Path("runs/gpu-bench-train")
         start = time.perf_counter()
         card = train(parse_args([*flags, "--student-epochs", str(epochs), "--out", str(out)]))
-        shipped = json.loads((REPO_ROOT / "model_store" / "model_card.json").read_text())["validation"]["score"]
+        shipped = json.loads((MODEL_FILE.parent / CARD_FILE).read_text())["validation"]["score"]
         rows.append({"training": f"python train/run.py --device {device.type} --student-epochs {epochs} "
                                  f"--out {out}", "device": card["device"],
                      "minutes": round((time.perf_counter() - start) / 60, 2),
                      "val_score": round(card["validation"]["score"], 1), "shipped_cpu_val_score": round(shipped, 1),
-                     "file": str(out / CARD_MODEL)})
+                     "run": str(out)})
         print(f"  {rows[-1]}", flush=True)
     return rows
 
@@ -308,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
               "photo": photo_table(device, repeats=1 if check else 20)}
     if faces is not None:
         tables["score"] = score_table(device, faces)
-    tables["training"] = training_table(device, args.data, 0 if check else args.train_epochs, steps=1 if check else 20)
+    tables["training"] = training_table(device, args.data, 0 if check else args.train_epochs, args.out / "train",
+                                        steps=1 if check else 20)
     args.out.mkdir(parents=True, exist_ok=True)
     text = "\n\n".join(f"### {name}\n\n{markdown(rows)}" for name, rows in tables.items())
     print("\n" + text)

@@ -30,6 +30,7 @@ import numpy as np
 from facekp import data as facedata
 from facekp.evaluate import encode_face
 from facekp.server import FACES, REPO_ROOT, Service, build_archive, free_port, free_ports
+from handler.kserve_protocol import BINARY_HEADER
 from loadtest.images import Upload
 from loadtest.loadgen import LoadResult, run_load
 
@@ -55,8 +56,7 @@ def as_v2_binary(image: bytes) -> Upload:
     tensor = triton_http.InferInput("image", [1], "BYTES")
     tensor.set_data_from_numpy(np.array([image], dtype=object))
     body, json_length = triton_http.InferenceServerClient.generate_request_body([tensor])
-    return Upload("v2-binary", "application/octet-stream", body,
-                  (("Inference-Header-Content-Length", str(json_length)),))
+    return Upload("v2-binary", "application/octet-stream", body, ((BINARY_HEADER, str(json_length)),))
 
 
 def v2_ok(status: int, body: bytes) -> bool:
@@ -73,14 +73,14 @@ def torchserve(root: Path, config: Path | None = None):
     service.start(archive)
     try:
         service.wait_ready(180)
-        yield service.inference_url
+        yield {"http": service.inference_url}
     finally:
         service.stop()
 
 
 @contextmanager
 def kserve_predictor(root: Path):
-    """The predictor on free ports; yields its REST URL, and its gRPC address as grpc://host:port."""
+    """The predictor on free ports; yields {"http": its REST URL, "grpc": host:port of its gRPC}."""
     port, grpc_port = free_port(), free_port()
     command = [sys.executable, "-m", "handler.kserve_server"]
     subprocess.run([*command, "start", "--http_port", str(port), "--grpc_port", str(grpc_port), "--run_dir",
@@ -99,7 +99,7 @@ def run_grpc_load(address: str, images: list[bytes], concurrency: int, duration:
 
     requests = []
     for image in images:  # tritonclient.grpc's form: the BYTES tensor as raw_input_contents
-        tensor = service_pb2.ModelInferRequest().InferInputTensor(name="image", datatype="BYTES", shape=[1])
+        tensor = service_pb2.ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=[1])
         raw = len(image).to_bytes(4, "little") + image
         requests.append(service_pb2.ModelInferRequest(model_name="keypoints", inputs=[tensor],
                                                       raw_input_contents=[raw]))
@@ -116,12 +116,15 @@ def run_grpc_load(address: str, images: list[bytes], concurrency: int, duration:
                 while (sent := time.perf_counter()) < end:
                     try:
                         reply = await infer(requests[i % len(requests)], timeout=30)
-                        ok = reply.outputs[0].name == "keypoints"
+                        error = None if reply.outputs[0].name == "keypoints" else f"unexpected answer {reply}"
                     except grpc.aio.AioRpcError as err:
-                        ok, reply = False, err.code()
+                        error = str(err.code())
                     answered = time.perf_counter()
                     if start <= answered <= end:
-                        (latencies.append((answered - sent) * 1000) if ok else errors.append(str(reply)))
+                        if error is None:
+                            latencies.append((answered - sent) * 1000)
+                        else:
+                            errors.append(error)
                     i += concurrency
 
             await asyncio.gather(*(client(k) for k in range(concurrency)))
@@ -161,9 +164,9 @@ def main(argv: list[str] | None = None) -> int:
                     if transport == "grpc":
                         result = run_grpc_load(address["grpc"], uploads, clients, args.duration)
                     else:
-                        url = address["http"] if isinstance(address, dict) else address
                         kwargs = {"check": check} if check else {}
-                        result = run_load(url + path, uploads, clients, duration=args.duration, warmup=2.0, **kwargs)
+                        result = run_load(address["http"] + path, uploads, clients, duration=args.duration,
+                                          warmup=2.0, **kwargs)
                     rows.append((name, clients, result))
                     print(f"{name}, {clients} client(s): {result.throughput:.1f} faces/s, p50 "
                           f"{result.percentile(50):.0f} ms, p99 {result.percentile(99):.0f} ms, {result.errors} "

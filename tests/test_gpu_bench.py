@@ -29,6 +29,6 @@ def test_every_part_runs_on_the_cpu(tmp_path, needs_data):
         assert table in tables, tables
     skipped = [line for line in result.stdout.splitlines() if "not measured" in line]
     assert all("fp16" in line for line in skipped), skipped  # half-precision convolutions may lack a CPU kernel
-    served = next(line for line in tables.splitlines() if line.startswith("| served: frozen, channels-last"))
+    served = next(line for line in tables.splitlines() if line.startswith("| served: frozen"))
     deviation = float(served.split("|")[3])
-    assert deviation < 0.01, served  # the served form on the GPU's layout answers what the file answers
+    assert deviation < 0.01, served  # as the handlers serve it on this device (the CPU's layout here)

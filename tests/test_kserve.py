@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 import subprocess
 import sys
@@ -178,6 +179,46 @@ def test_predictor_16_concurrent_v2_requests_each_get_their_own_face(kserve_pred
         replies = list(pool.map(send, range(len(faces))))
     for i, reply in enumerate(replies):
         assert np.array_equal(v2_keypoints(reply), expected[i]), f"face {i} got another face's answer"
+
+
+def binary_body(elements: list[bytes], shape: list[int], json_extra: dict | None = None) -> tuple[bytes, int]:
+    """A v2 request with binary tensor data, written out by hand (tritonclient would refuse to send these)."""
+    raw = b"".join(len(e).to_bytes(4, "little") + e for e in elements)
+    header = json.dumps({"inputs": [{"name": "image", "shape": shape, "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(raw)}}], **(json_extra or {})}).encode()
+    return header + raw, len(header)
+
+
+@pytest.mark.parametrize(("case", "says"), [
+    ("header not a number", ("Inference-Header-Content-Length is",)),
+    ("element cut short", ("binary_data_size",)),
+    ("two elements in a shape of one", ("holds 2 elements", "cannot reshape array of size 2")),  # TorchServe, kserve
+    ("no inputs", ("'inputs'",)),
+    ("JSON where the image goes", ("not an image", "not a readable image")),
+])
+def test_malformed_binary_requests_get_a_400_on_both_routes(case, says, kserve_predictor, torchserve_kserve, faces):
+    body, length = binary_body([faces[0]], [1])
+    header = str(length)
+    if case == "header not a number":
+        header = "twelve"
+    elif case == "element cut short":
+        body = body[:-10]
+    elif case == "two elements in a shape of one":
+        body, length = binary_body([faces[0], faces[1]], [1])
+        header = str(length)
+    elif case == "no inputs":
+        body, header = b'{"id": "x"}', "11"
+    else:
+        body, length = binary_body([json.dumps(v2_request(faces[0])).encode()], [1])
+        header = str(length)
+    for url in (kserve_predictor, torchserve_kserve.inference_url):
+        reply = requests.post(f"{url}/v2/models/keypoints/infer", data=body, timeout=60,
+                              headers={"Inference-Header-Content-Length": header,
+                                       "Content-Type": "application/octet-stream"})
+        assert 400 <= reply.status_code < 500, (case, url, reply.status_code, reply.text)
+        assert any(words in reply.json()["error"] for words in says), (case, url, reply.text)
+    good = requests.post(f"{kserve_predictor}/v2/models/keypoints/infer", json=v2_request(faces[0]), timeout=60)
+    assert good.status_code == 200
 
 
 def test_predictor_refuses_a_second_start_and_a_huge_image(kserve_predictor, tmp_path):

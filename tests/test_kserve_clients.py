@@ -11,7 +11,6 @@ tritonclient.grpc runs in a process of its own (tests/triton_grpc_client.py says
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import subprocess
@@ -68,14 +67,6 @@ def http_routes(torchserve_kserve, kserve_predictor) -> dict[str, str]:
             "torchserve": torchserve_kserve.inference_url.removeprefix("http://")}
 
 
-def http_input(image: bytes, binary: bool = True) -> triton_http.InferInput:
-    """The image as tritonclient sends BYTES: the file itself as binary data, or base64 text in the JSON."""
-    tensor = triton_http.InferInput("image", [1], "BYTES")
-    tensor.set_data_from_numpy(np.array([image if binary else base64.b64encode(image)], dtype=object),
-                               binary_data=binary)
-    return tensor
-
-
 def triton_grpc(address: str, mode: str, files: list[str]) -> dict:
     """tests/triton_grpc_client.py's answer for `mode`, run in its own process."""
     done = subprocess.run([sys.executable, "-m", "tests.triton_grpc_client", address, mode, *files], cwd=REPO_ROOT,
@@ -105,7 +96,7 @@ def test_tritonclient_http_answers_every_face_as_the_plain_endpoint(route, binar
                                        for name in ("keypoints", "image_size")]
 
     def ask(k: int, face: bytes):
-        return clients[k].infer("keypoints", [http_input(face, binary_in)], outputs=outputs)
+        return clients[k].infer("keypoints", [bytes_tensor(triton_http, [face], binary=binary_in)], outputs=outputs)
 
     results = answer_all(ask, real_faces)
     for i, result in enumerate(results):
@@ -121,7 +112,7 @@ def test_tritonclient_http_answers_every_face_as_the_plain_endpoint(route, binar
 def test_tritonclient_http_asks_for_one_output_and_gets_only_it(http_routes, real_faces, plain_answers):
     for route in ("predictor", "torchserve"):
         client = triton_http.InferenceServerClient(http_routes[route])
-        result = client.infer("keypoints", [http_input(real_faces[0])], request_id="one-output",
+        result = client.infer("keypoints", [bytes_tensor(triton_http, [real_faces[0]])], request_id="one-output",
                               outputs=[triton_http.InferRequestedOutput("keypoints")])
         assert [o["name"] for o in result.get_response()["outputs"]] == ["keypoints"], route
         assert result.get_response()["id"] == "one-output"

@@ -171,3 +171,10 @@ def test_a_batch_answers_a_binary_request_in_binary_and_a_bad_output_with_a_400(
     assert replies[0].status == 200 and len(replies[0].binary) == 128
     assert replies[0].body["outputs"][0]["parameters"] == {"binary_data_size": 120}
     assert replies[1].status == 400 and "nose" in replies[1].body["error"]
+
+
+@pytest.mark.parametrize("outputs", [[{"name": ["keypoints"]}], "keypoints", [{"binary_data": True}]])
+def test_malformed_output_choices_fail_their_own_request_before_the_model(outputs):
+    replies = answer_batch([{"body": v2(png(), outputs=outputs)}, {"body": png()}], fixed_model)
+    assert [r.status for r in replies] == [400, 200]
+    assert "'outputs' must be a list" in replies[0].body["error"]

@@ -545,7 +545,8 @@ def test_the_learning_rate_warms_up_then_decays_to_its_floor():
 def test_the_device_is_cuda_where_there_is_one_and_asked_for_cuda_refused_where_there_is_none():
     gpu = torch.cuda.is_available()
     assert training_device("auto").type == ("cuda" if gpu else "cpu") and training_device("cpu").type == "cpu"
-    assert training_precision("auto", torch.device("cuda")) == "bf16"  # bfloat16 autocast on any GPU
+    assert training_precision("auto", torch.device("cuda"), native_bf16=True) == "bf16"  # autocast where native
+    assert training_precision("auto", torch.device("cuda"), native_bf16=False) == "fp32"  # V100, T4: emulated
     assert training_precision("fp32", torch.device("cuda")) == "fp32"
     assert training_precision("auto", torch.device("cpu")) == choose_precision("auto", torch.device("cpu"))
     if not gpu:

@@ -58,7 +58,7 @@ def typed(address: str, faces: list[bytes]) -> dict:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         for face in faces:
             contents = service_pb2.InferTensorContents(bytes_contents=[face])
-            tensor = service_pb2.ModelInferRequest().InferInputTensor(name="image", datatype="BYTES", shape=[1],
+            tensor = service_pb2.ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=[1],
                                                                       contents=contents)
             reply = stub.ModelInfer(service_pb2.ModelInferRequest(model_name="keypoints", inputs=[tensor]), timeout=60)
             outputs = {output.name: output for output in reply.outputs}

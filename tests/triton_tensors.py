@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 from types import ModuleType
 
 import numpy as np
 
 
-def bytes_tensor(triton: ModuleType, elements: list[bytes], name: str = "image"):
-    """A BYTES tensor of these elements (each an image file, or not), as tritonclient sends it by default."""
+def bytes_tensor(triton: ModuleType, elements: list[bytes], name: str = "image", binary: bool = True):
+    """A BYTES tensor of these elements (each an image file, or not), as tritonclient sends it by default:
+    binary data; or (binary=False, tritonclient.http only) JSON, each element in base64 as the service asks."""
     tensor = triton.InferInput(name, [len(elements)], "BYTES")
-    tensor.set_data_from_numpy(np.array(elements, dtype=object))
+    if binary:
+        tensor.set_data_from_numpy(np.array(elements, dtype=object))
+    else:
+        tensor.set_data_from_numpy(np.array([base64.b64encode(e) for e in elements], dtype=object), binary_data=False)
     return tensor
 
 

@@ -201,10 +201,13 @@ def training_device(setting: str) -> torch.device:
     return torch.device("cuda" if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()) else "cpu")
 
 
-def training_precision(setting: str, device: torch.device) -> str:
-    """bf16 or fp32 for --precision on this device: auto is bfloat16 autocast on CUDA, else the handlers' choice."""
+def training_precision(setting: str, device: torch.device, native_bf16: bool | None = None) -> str:
+    """bf16 or fp32 for --precision on this device: auto is bfloat16 autocast on a GPU that has it natively
+    (native_bf16; None: ask torch. Older GPUs only emulate it), else the handlers' choice."""
     if setting == "auto" and device.type == "cuda":
-        return "bf16"
+        if native_bf16 is None:
+            native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        return "bf16" if native_bf16 else "fp32"
     return choose_precision(setting, device)
 
 
@@ -324,7 +327,7 @@ def build_teacher(cfg: Config, nets: list[KeypointNet], device: torch.device = C
     mirrored (--teacher-flip) and moved (--teacher-tta-shift), as a served model would answer it; on device."""
     if cfg.teacher:
         teacher = load_teacher(cfg.teacher, cfg.teacher_flip)
-    else:
+    else:  # the members themselves move to device with it (nn.Module.to): only the teacher uses them after this
         teacher = ServingModel(nets, cfg.teacher_flip).eval()
     if cfg.teacher_tta_shift:
         teacher = ServingModel([teacher], flip=False, shifts=shift_views(cfg.teacher_tta_shift)).eval()
@@ -368,9 +371,22 @@ def _replayed_views(kept: list, batch_size: int, flip: float, gen: torch.Generat
 
 
 def weight_average(net: KeypointNet, decay: float) -> AveragedModel:
-    """The EMA of the weights that is scored and exported; its decay warms up so early epochs are not kept long."""
-    return AveragedModel(net, use_buffers=True,
-                         avg_fn=lambda avg, new, n: avg + (new - avg) * (1 - min(decay, (1 + n) / (10 + n))))
+    """The EMA of the weights that is scored and exported; its decay warms up so early epochs are not kept long.
+
+    On a GPU the same average is a tensor clamp with the step count on the GPU: a Python min() over a GPU
+    tensor would wait for the GPU once per weight tensor. On the CPU it stays as it was, to the bit.
+    """
+    device = next(net.parameters()).device
+    if device.type == "cpu":
+        def average(avg: torch.Tensor, new: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+            return avg + (new - avg) * (1 - min(decay, (1 + n) / (10 + n)))
+
+        return AveragedModel(net, use_buffers=True, avg_fn=average)
+
+    def average_on_device(avg: torch.Tensor, new: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        return avg + (new - avg) * (1 - torch.clamp((1 + n) / (10 + n), max=decay))
+
+    return AveragedModel(net, device=device, use_buffers=True, avg_fn=average_on_device)
 
 
 def train_network(cfg: Config, seed: int, tag: str, epochs: int, x_train: torch.Tensor, y_train: torch.Tensor,
