@@ -44,7 +44,7 @@ from handler.kserve_protocol import (  # noqa: E402
     read_binary_request,
     requested_outputs,
 )
-from handler.processing import MAX_PIXELS, Reply, RequestError, answer_batch  # noqa: E402
+from handler.processing import MAX_PIXELS, Incoming, Reply, RequestError, answer_batch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_NAME = "keypoints"
@@ -78,24 +78,22 @@ def make_model(name: str, model_file: Path, max_pixels: int = MAX_PIXELS, batch_
             self.ready = True
             return self.ready
 
-        def answer_batch(self, bodies: list[Any]) -> list[Reply]:
-            return answer_batch([{"body": body} for body in bodies], self.run_model, max_pixels, None, self.name)
+        def answer_batch(self, requests: list[Incoming | dict]) -> list[Reply]:
+            return answer_batch(requests, self.run_model, max_pixels, None, self.name)
 
         async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
             if isinstance(payload, InferRequest):  # v2, REST or gRPC, parsed by kserve
                 return await self.infer(payload)
-            return self.checked(await self.batcher.answer(payload)).body  # v1: the same JSON as TorchServe's
+            return self.checked(await self.batcher.answer({"body": payload})).body  # v1: as TorchServe's answer
 
         async def infer(self, request: InferRequest) -> InferResponse:
             try:
-                image = image_from_kserve(v2_request_of(request))
-                asked = [o["name"] for o in requested_outputs(
-                    {"outputs": [{"name": o.name} for o in request.request_outputs or []]}, list(V2_OUTPUTS))]
+                body = v2_request_of(request)
+                image = image_from_kserve(body)
+                asked = [output["name"] for output in requested_outputs(body, list(V2_OUTPUTS))]
             except ProtocolError as err:
                 raise BadRequest(400, str(err)) from None
-            if image[:1] == b"{":  # JSON is no image file, and answer_batch would read it as a request
-                raise BadRequest(415, "the image element holds JSON, not an image file")
-            plain = self.checked(await self.batcher.answer(image)).body
+            plain = self.checked(await self.batcher.answer(Incoming(image))).body
             answer = {"id": request.id or "", **kserve_answer("v2", plain, {"id": request.id}, self.name)}
             answer["outputs"] = [o for o in answer["outputs"] if not asked or o["name"] in asked]
             binary = request.use_binary_outputs or any(o.binary_data for o in request.request_outputs or [])
@@ -133,7 +131,8 @@ def make_model(name: str, model_file: Path, max_pixels: int = MAX_PIXELS, batch_
 
 def v2_request_of(request: Any) -> dict[str, Any]:
     """kserve's parsed v2 request (REST JSON or binary, gRPC) as the JSON form handler.kserve_protocol checks:
-    a BYTES input's elements are str (JSON: base64) or bytes (binary data, gRPC: the file itself)."""
+    a BYTES input's elements are str (JSON: base64) or bytes (binary data, gRPC: the file itself); the
+    outputs it names."""
     inputs = []
     for tensor in request.inputs:
         item: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
@@ -144,7 +143,7 @@ def v2_request_of(request: Any) -> dict[str, Any]:
                 raise ProtocolError(f"v2 request: input {tensor.name!r} does not hold the shape "
                                     f"{list(tensor.shape)} it declares ({err})") from None
         inputs.append(item)
-    return {"inputs": inputs}
+    return {"inputs": inputs, "outputs": [{"name": output.name} for output in request.request_outputs or []]}
 
 
 def keep_binary_bytes_inputs() -> None:

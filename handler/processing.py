@@ -303,7 +303,7 @@ def prepare(request: dict[str, Any], max_pixels: int = MAX_PIXELS,
 
 
 def answer_batch(
-    requests: list[dict[str, Any]],
+    requests: list[dict[str, Any] | Incoming],
     run_model: Callable[[np.ndarray], np.ndarray],
     max_pixels: int = MAX_PIXELS,
     headers: list[Mapping[str, Any]] | None = None,
@@ -312,6 +312,7 @@ def answer_batch(
     """Answer a server-side batch: bad requests get their own 4xx, the rest one model call.
 
     Each answer is in its own request's form: plain JSON, or KServe v2/v1 (model_name goes into v2's).
+    A request already read (an Incoming, as the kserve predictor hands over) is not read again.
 
     An unexpected error while reading one request (a bug, not bad input) fails that request
     alone with a 500, not the whole batch.
@@ -320,7 +321,8 @@ def answer_batch(
     inputs, frames, slots, incomings = [], [], [], []
     for i, request in enumerate(requests):
         try:
-            incoming = read_request(request, headers[i] if headers else None)
+            incoming = (request if isinstance(request, Incoming)
+                        else read_request(request, headers[i] if headers else None))
             tensor, frame = to_model_input(decode_image(incoming.image, max_pixels))
         except Exception as err:
             replies[i] = reply_for_failure(i, err)

@@ -100,9 +100,9 @@ def model_forms(device: torch.device, compiled: bool = True) -> dict[str, tuple[
             model = torch.jit.freeze(model)
         return (lambda x: model(x.to(dtype))) if dtype is not None else model
 
-    def modules(views: str, bf16: bool, compiled: bool = False) -> Callable:
+    def modules(six: bool, bf16: bool, compiled: bool = False) -> Callable:
+        """The shipped networks rebuilt as modules, with the six served views or the bare pass."""
         nets, _ = exported_networks(MODEL_FILE)
-        six = views == "six views"
         model = ServingModel(nets, flip=six, shifts=shift_views(3 if six else 0)).eval().to(device)
         model = model.to(memory_format=torch.channels_last)
         if compiled:
@@ -114,22 +114,23 @@ def model_forms(device: torch.device, compiled: bool = True) -> dict[str, tuple[
 
         return run
 
-    add("shipped file as it is (NCHW), fp32", lambda: file_as(None, False, False), False)
-    add("shipped file frozen (NCHW), fp32: served before", lambda: file_as(None, False, True), False)
-    def served() -> Callable:  # what the handlers run on this device, host copies included
+    def served() -> Callable:
+        """What the handlers run on this device (handler.inference), host copies included."""
         runner = model_runner(torch.jit.load(str(MODEL_FILE), map_location=device).eval(), device, "fp32")
         return lambda x: torch.from_numpy(runner(x.cpu().numpy()))
 
+    add("shipped file as it is (NCHW), fp32", lambda: file_as(None, False, False), False)
+    add("shipped file frozen (NCHW), fp32: served before", lambda: file_as(None, False, True), False)
     add("served: frozen, channels-last on CUDA, fp32 (handler.inference)", served, True)
     add("shipped file channels-last, fp32", lambda: file_as(None, True, False), True)
     add("shipped file channels-last, bf16 weights", lambda: file_as(torch.bfloat16, True, False), True)
     add("shipped file channels-last, fp16 weights", lambda: file_as(torch.float16, True, False), True)
-    for views in ("six views", "one view"):
-        add(f"modules, {views}, channels-last, fp32", lambda v=views: modules(v, False), True)
-        add(f"modules, {views}, channels-last, bf16 autocast", lambda v=views: modules(v, True), True)
+    for six, views in ((True, "six views"), (False, "one view")):
+        add(f"modules, {views}, channels-last, fp32", lambda v=six: modules(v, False), True)
+        add(f"modules, {views}, channels-last, bf16 autocast", lambda v=six: modules(v, True), True)
     if compiled:
         add("modules, six views, channels-last, bf16 autocast, torch.compile",
-            lambda: modules("six views", True, compiled=True), True)
+            lambda: modules(True, True, compiled=True), True)
     return forms
 
 
