@@ -12,10 +12,11 @@ export HOST INFERENCE_PORT MANAGEMENT_PORT METRICS_PORT
 
 .PHONY: serve stop status archive samples train evaluate test lint clean
 
-$(VENV)/.runtime: requirements.txt requirements-nodeps.txt
+$(VENV)/.runtime: requirements.txt requirements-nodeps.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
 $(VENV)/.kserve: requirements-kserve.txt $(VENV)/.runtime

@@ -29,13 +29,11 @@ from typing import Any
 import requests
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from facekp.contract import NUM_KEYPOINTS  # noqa: E402
-from facekp.server import port_in_use  # noqa: E402
-from handler.batching import MicroBatcher  # noqa: E402
-from handler.inference import choose_precision, model_runner  # noqa: E402
-from handler.kserve_protocol import (  # noqa: E402
+from facekp.contract import NUM_KEYPOINTS
+from facekp.server import port_in_use
+from handler.batching import MicroBatcher
+from handler.inference import choose_precision, model_runner
+from handler.kserve_protocol import (
     V2_INPUT,
     V2_OUTPUTS,
     ProtocolError,
@@ -44,7 +42,7 @@ from handler.kserve_protocol import (  # noqa: E402
     read_binary_request,
     requested_outputs,
 )
-from handler.processing import MAX_PIXELS, Incoming, Reply, RequestError, answer_batch  # noqa: E402
+from handler.processing import MAX_PIXELS, Incoming, Reply, RequestError, answer_batch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_NAME = "keypoints"

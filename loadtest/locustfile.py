@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import logging
 import random
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # locust imports this file by path
+import gevent
+from locust import FastHttpUser, constant, events, task
 
-import gevent  # noqa: E402
-from locust import FastHttpUser, constant, events, task  # noqa: E402
-
-from facekp.replies import RETRY_STATUSES, backoff_s, check_faces_reply, check_reply  # noqa: E402
-from loadtest.images import Upload, build_mix, build_photo_mix, describe  # noqa: E402
+from facekp.replies import RETRY_STATUSES, backoff_s, check_faces_reply, check_reply
+from loadtest.images import Upload, build_mix, build_photo_mix, describe
 
 logger = logging.getLogger(__name__)
 UPLOADS: list[Upload] = []

@@ -29,11 +29,9 @@ from pathlib import Path
 import psutil
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from facekp import data as facedata  # noqa: E402
-from facekp.evaluate import encode_face  # noqa: E402
-from facekp.server import MODEL_CONFIG, MODEL_FILE, Service, build_archive, free_port  # noqa: E402
+from facekp import data as facedata
+from facekp.evaluate import encode_face
+from facekp.server import MODEL_CONFIG, MODEL_FILE, Service, build_archive, free_port
 
 
 @dataclass

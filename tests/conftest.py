@@ -16,12 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-KSERVE_CONFIG = REPO / "k8s" / "kserve" / "config" / "config.properties"
-sys.path.insert(0, str(REPO))
-
-from facekp import data as facedata  # noqa: E402
-from facekp.server import (  # noqa: E402
+from facekp import data as facedata
+from facekp.server import (
     FACES,
     KEYPOINTS,
     MODEL_FILE,
@@ -32,6 +28,10 @@ from facekp.server import (  # noqa: E402
     free_port,
     free_ports,
 )
+
+REPO = Path(__file__).resolve().parent.parent
+KSERVE_CONFIG = REPO / "k8s" / "kserve" / "config" / "config.properties"
+
 
 
 @contextmanager

@@ -32,12 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
-
-from facekp import data as facedata  # noqa: E402
-from facekp import metrics  # noqa: E402
-from facekp.contract import denormalize  # noqa: E402
-from train import run  # noqa: E402
+from facekp import data as facedata
+from facekp import metrics
+from facekp.contract import denormalize
+from train import run
 
 PREDICTIONS = "predictions.npz"
 

@@ -19,15 +19,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from facekp import data as facedata  # noqa: E402
-from facekp import metrics  # noqa: E402
-from facekp.contract import KEYPOINT_NAMES, denormalize  # noqa: E402
+from facekp import data as facedata
+from facekp import metrics
+from facekp.contract import KEYPOINT_NAMES, denormalize
 
 
 def learning_curve(history: list[dict], path: Path, ensemble_score: float | None = None) -> None:

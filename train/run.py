@@ -30,11 +30,9 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
-
-from facekp import data as facedata  # noqa: E402
-from facekp import metrics  # noqa: E402
-from facekp.contract import (  # noqa: E402
+from facekp import data as facedata
+from facekp import metrics
+from facekp.contract import (
     HALF,
     IMAGE_SIZE,
     KEYPOINT_NAMES,
@@ -42,11 +40,11 @@ from facekp.contract import (  # noqa: E402
     denormalize,
     normalize,
 )
-from facekp.data import REPO_ROOT  # noqa: E402
-from facekp.machine import machine  # noqa: E402
-from handler.inference import autocast, choose_precision  # noqa: E402
-from train.augment import AugmentConfig, augment  # noqa: E402
-from train.model import KeypointNet, ServingModel, count_parameters, networks_from_weights, shift_views  # noqa: E402
+from facekp.data import REPO_ROOT
+from facekp.machine import machine
+from handler.inference import autocast, choose_precision
+from train.augment import AugmentConfig, augment
+from train.model import KeypointNet, ServingModel, count_parameters, networks_from_weights, shift_views
 
 MODEL_FILE = "keypoints.pt"
 CARD_FILE = "model_card.json"

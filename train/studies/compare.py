@@ -25,10 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
-
-from facekp import metrics  # noqa: E402
-from train.cv import PREDICTIONS, bootstrap_interval, fold_number  # noqa: E402
+from facekp import metrics
+from train.cv import PREDICTIONS, bootstrap_interval, fold_number
 
 
 def load_folds(cv_dir: Path) -> dict[int, dict[str, np.ndarray]]:

@@ -21,10 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
-
-from facekp import metrics  # noqa: E402
-from train.studies.compare import check_same_faces, load_folds  # noqa: E402
+from facekp import metrics
+from train.studies.compare import check_same_faces, load_folds
 
 
 def train_people(run: Path, fold: int) -> int:

@@ -21,13 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
-
-from facekp import metrics  # noqa: E402
-from facekp.contract import denormalize  # noqa: E402
-from train import run  # noqa: E402
-from train.cv import PREDICTIONS, fold_people  # noqa: E402
-from train.model import ServingModel, shift_views  # noqa: E402
+from facekp import metrics
+from facekp.contract import denormalize
+from train import run
+from train.cv import PREDICTIONS, fold_people
+from train.model import ServingModel, shift_views
 
 
 def mirror_fold(source: Path, target: Path, shift: int = 0) -> dict:

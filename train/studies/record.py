@@ -27,12 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
-
-from facekp import data as facedata  # noqa: E402
-from facekp import metrics  # noqa: E402
-from train import run  # noqa: E402
-from train.cv import PREDICTIONS, fold_number  # noqa: E402
+from facekp import data as facedata
+from facekp import metrics
+from train import run
+from train.cv import PREDICTIONS, fold_number
 
 RECORDS = facedata.REPO_ROOT / "docs" / "cv"
 RECORD_FILE = "record.npz"

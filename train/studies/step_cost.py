@@ -19,14 +19,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
-
-from facekp.contract import IMAGE_SIZE, NUM_KEYPOINTS  # noqa: E402
-from facekp.machine import machine  # noqa: E402
-from handler.inference import autocast, choose_precision  # noqa: E402
-from train import run  # noqa: E402
-from train.augment import augment  # noqa: E402
-from train.model import ServingModel  # noqa: E402
+from facekp.contract import IMAGE_SIZE, NUM_KEYPOINTS
+from facekp.machine import machine
+from handler.inference import autocast, choose_precision
+from train import run
+from train.augment import augment
+from train.model import ServingModel
 
 VALIDATION_FACES = 593  # the fixed split's validation people, which train/run.py scores every --val-every epochs
 

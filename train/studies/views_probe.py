@@ -26,13 +26,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
-
-from facekp import metrics  # noqa: E402
-from facekp.contract import HALF, denormalize  # noqa: E402
-from train import run  # noqa: E402
-from train.cv import fold_people  # noqa: E402
-from train.model import ServingModel, shift_views, shifted  # noqa: E402
+from facekp import metrics
+from facekp.contract import HALF, denormalize
+from train import run
+from train.cv import fold_people
+from train.model import ServingModel, shift_views, shifted
 
 PIXEL_CENTRE = 1 / 96  # a pixel's centre in grid_sample's [-1, 1] coordinates = its normalized keypoint + this
 
