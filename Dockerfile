@@ -55,13 +55,13 @@ RUN python3 -m venv /opt/venv \
     && rm /tmp/requirements.txt /tmp/requirements.serve.txt /tmp/requirements-nodeps.txt
 ENV PATH=/opt/venv/bin:$PATH
 
-# keypoints.mar and faces.mar, built here by the project's own build_archive() (facekp/server.py): the same handler,
+# keypoints.mar and faces.mar, built here by the project's own build_archive() (facekp/torchserve.py): the same handler,
 # extra files, model config and TorchScript check as `make archive`.
 COPY facekp/ /tmp/build/facekp/
 COPY handler/ /tmp/build/handler/
-COPY serve/model-config.yaml serve/faces-config.yaml /tmp/build/serve/
+COPY config/model-config.yaml config/faces-config.yaml /tmp/build/config/
 COPY model_store/keypoints.pt /tmp/build/model_store/keypoints.pt
-RUN PYTHONPATH=/tmp/build python -m facekp.server archive \
+RUN PYTHONPATH=/tmp/build python -m facekp.torchserve archive \
     && install -d -m 0755 /opt/facekp/model-store /opt/facekp/config \
     && install -m 0644 /tmp/build/model_store/keypoints.mar /tmp/build/model_store/faces.mar /opt/facekp/model-store/ \
     && rm -rf /tmp/build
@@ -92,8 +92,8 @@ CMD ["python", "-m", "handler.kserve_server", "run", "--bind", "0.0.0.0", "--htt
 
 # --- TorchServe (the default target: the last stage).
 FROM base AS torchserve
-COPY serve/config.container.properties /opt/facekp/config/config.properties
-COPY serve/healthcheck.py /opt/facekp/healthcheck.py
+COPY config/config.container.properties /opt/facekp/config/config.properties
+COPY config/healthcheck.py /opt/facekp/healthcheck.py
 USER 10001:10001
 WORKDIR /home/model-server
 # 8080 inference, 8081 management (bound to 127.0.0.1 inside the container), 8082 Prometheus metrics.

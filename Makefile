@@ -29,11 +29,11 @@ $(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime $(VENV)/.kserve
 
 ## serve: build model_store/keypoints.mar, start TorchServe in the background, wait for a READY worker
 serve: $(VENV)/.runtime samples
-	$(PY) -m facekp.server start
+	$(PY) -m facekp.torchserve start
 
 ## stop: stop the service started by `make serve` and its workers
 stop: $(VENV)/.runtime
-	$(PY) -m facekp.server stop
+	$(PY) -m facekp.torchserve stop
 
 .PHONY: serve-kserve stop-kserve
 KSERVE_PORT ?= 8085
@@ -48,10 +48,10 @@ stop-kserve: $(VENV)/.runtime
 	$(PY) -m handler.kserve_server stop
 
 status: $(VENV)/.runtime
-	$(PY) -m facekp.server status
+	$(PY) -m facekp.torchserve status
 
 archive: $(VENV)/.runtime
-	$(PY) -m facekp.server archive
+	$(PY) -m facekp.torchserve archive
 
 ## samples: a few faces of validation people as PNG/JPEG in samples/ (git-ignored), when the data set is found
 samples: $(VENV)/.runtime

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from facekp import data as facedata
 from facekp.evaluate import encode_face
-from facekp.server import TRY_IMAGE
+from facekp.torchserve import TRY_IMAGE
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 
+from handler.base import ModelHandler
 from handler.face_detector import FaceDetector
 from handler.faces import MAX_FACES, REFINE_STEPS, answer_photos
-from handler.serving import ServingHandler
 
 logger = logging.getLogger(__name__)
 
 
-class FacesHandler(ServingHandler):
+class FacesHandler(ModelHandler):
     def initialize(self, context) -> None:
         super().initialize(context)
         self.max_faces = int(self.settings.get("max_faces", MAX_FACES))

@@ -6,20 +6,20 @@ the worker one, else the CPU; everything else is a plain function in handler.pro
 KServe: with `service_envelope=kservev2` (or `kserve`) TorchServe wraps this handler in its own
 envelope, which reads only the first request of a batch and answers the batch as one
 (pytorch/serve #2158, #1302). The handler reads each request's KServe JSON itself
-(handler.kserve_protocol), so `initialize` turns those envelopes into pass-throughs (handler.serving).
+(handler.kserve_protocol), so `initialize` turns those envelopes into pass-throughs (handler.base).
 """
 
 from __future__ import annotations
 
 import logging
 
+from handler.base import ModelHandler
 from handler.processing import answer_batch
-from handler.serving import ServingHandler
 
 logger = logging.getLogger(__name__)
 
 
-class KeypointHandler(ServingHandler):
+class KeypointHandler(ModelHandler):
     def handle(self, data: list[dict], context) -> list[str]:
         replies = answer_batch(data, self.run_model, self.max_pixels, self.request_headers(data, context),
                                self.model_name)

@@ -4,7 +4,7 @@ Kept flat (every module is run as ``python -m loadtest.<name>`` by the Makefile,
 
 - load generation, the client side: ``images`` (the upload mix), ``loadgen`` (asyncio keep-alive client),
   ``locustfile`` and ``run`` (``make loadtest``), ``cpu`` (who used the cores, waiting for quiet);
-- the served path against the in-process ceiling: ``ceiling``, ``served`` (a TorchServe per configuration),
+- the served path against the in-process ceiling: ``ceiling``, ``torchserve_grid`` (a TorchServe per configuration),
   ``benchmark`` (``make bench``, second half), ``photo_bench`` (the photo mix), ``report`` (bench.csv,
   bench.png and the generated block of docs/performance.md);
 - model cost: ``models_compare`` (``make bench``, first half: the shipped model against an earlier one),

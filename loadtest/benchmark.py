@@ -8,7 +8,7 @@
    model in this process with torch threads = all cores, at batch sizes 1, 8, 16, 32; also two
    1-thread processes side by side. Measured at the start, at bs32 again just before each
    configuration (the machine's speed drifts), and at the end.
-2. Served (loadtest.served): per configuration a TorchServe on free loopback ports with its own
+2. Served (loadtest.torchserve_grid): per configuration a TorchServe on free loopback ports with its own
    model-config, driven by loadtest.loadgen at 1, 4, 16, 64 clients; CPU time of the frontend,
    the workers, the generator and everything else is sampled over each window.
 3. Writes docs/performance/bench.csv, bench.png and the generated block of docs/performance.md.
@@ -31,14 +31,14 @@ import torch
 
 from facekp.data import REPO_ROOT
 from facekp.machine import machine
-from facekp.server import MODEL_FILE
+from facekp.torchserve import MODEL_FILE
 from handler.inference import choose_precision
 from loadtest import photo_bench, report
 from loadtest.ceiling import ceiling, ceiling_loop, ceiling_processes, handler_model, split
 from loadtest.cpu import log, wait_for_quiet
 from loadtest.images import build_mix, describe
 from loadtest.loadgen import run_load
-from loadtest.served import CONFIGS, served_point, start_service
+from loadtest.torchserve_grid import CONFIGS, served_point, start_service
 
 OUT_DIR = REPO_ROOT / "docs" / "performance"
 DOC = REPO_ROOT / "docs" / "performance.md"

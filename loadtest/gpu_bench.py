@@ -35,7 +35,7 @@ from facekp import data as facedata
 from facekp import metrics
 from facekp.contract import IMAGE_SIZE, NUM_KEYPOINTS
 from facekp.evaluate import encode_face
-from facekp.server import MODEL_FILE, REPO_ROOT
+from facekp.torchserve import MODEL_FILE, REPO_ROOT
 from handler.inference import autocast, model_runner
 from handler.processing import answer_batch
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from facekp import data as facedata
 from facekp.evaluate import encode_face
-from facekp.server import FACES, REPO_ROOT, Service, build_archive, free_port, free_ports
+from facekp.torchserve import FACES, REPO_ROOT, Service, build_archive, free_port, free_ports
 from handler.kserve_protocol import BINARY_HEADER
 from loadtest.images import Upload
 from loadtest.loadgen import LoadResult, run_load

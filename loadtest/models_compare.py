@@ -32,18 +32,18 @@ from facekp import metrics
 from facekp.contract import denormalize
 from facekp.data import REPO_ROOT
 from facekp.machine import machine
-from facekp.server import MODEL_FILE
+from facekp.torchserve import MODEL_FILE
 from handler.inference import choose_precision, model_runner
 from handler.processing import decode_image, to_model_input
 from loadtest import report
 from loadtest.cpu import log, wait_for_quiet
 from loadtest.images import build_mix, describe
 from loadtest.loadgen import run_load
-from loadtest.served import CONFIGS, Config, served_point, shipped_config, start_service
+from loadtest.torchserve_grid import CONFIGS, Config, served_point, shipped_config, start_service
 
 BASELINE = "9a2cdaa"  # the four-pass model shipped 2026-11-28 (two networks, each with its mirrored pass)
-BASELINE_SERVING = next(c for c in CONFIGS if c.name == "b8-d5-w2t1")  # serve/model-config.yaml at that commit
-SHIPPED_SERVING = shipped_config()  # serve/model-config.yaml now
+BASELINE_SERVING = next(c for c in CONFIGS if c.name == "b8-d5-w2t1")  # config/model-config.yaml at that commit
+SHIPPED_SERVING = shipped_config()  # config/model-config.yaml now
 OUT_CSV = REPO_ROOT / "docs" / "performance" / "models.csv"
 DOC = REPO_ROOT / "docs" / "performance.md"
 BEGIN, END = "<!-- models:begin (written by `make bench`) -->", "<!-- models:end -->"

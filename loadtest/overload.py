@@ -37,7 +37,7 @@ from facekp.data import REPO_ROOT
 from loadtest.cpu import log, wait_for_quiet
 from loadtest.images import build_mix
 from loadtest.loadgen import run_load, run_open_loop
-from loadtest.served import Config, shipped_config, start_service
+from loadtest.torchserve_grid import Config, shipped_config, start_service
 
 OUT = REPO_ROOT / "docs" / "reliability" / "overload.csv"
 
@@ -53,7 +53,7 @@ class Variant:
 
 
 VARIANTS = {
-    "shipped": Variant("shipped", {}, "serve/config.properties as shipped"),
+    "shipped": Variant("shipped", {}, "config/config.properties as shipped"),
     "queue100": Variant("queue100", {"job_queue_size": "100"}, "TorchServe's default queue of 100"),
     "queue300": Variant("queue300", {"job_queue_size": "300"}, "a queue of 300 (about 2 s of work)"),
     "queue1000": Variant("queue1000", {"job_queue_size": "1000"}, "a queue of 1000"),
@@ -82,9 +82,9 @@ class Periodic:
 
 
 class ProbeWatch(Periodic):
-    """The Kubernetes probe's own command (serve/healthcheck.py) run every 2 s: slowest run and failures."""
+    """The Kubernetes probe's own command (config/healthcheck.py) run every 2 s: slowest run and failures."""
 
-    COMMAND = [sys.executable, str(REPO_ROOT / "serve" / "healthcheck.py"), "--quiet", "--timeout", "6"]
+    COMMAND = [sys.executable, str(REPO_ROOT / "config" / "healthcheck.py"), "--quiet", "--timeout", "6"]
 
     def __init__(self, management_url: str, models: tuple[str, ...]):
         self.command = [*self.COMMAND, "--url", management_url, "--model", ",".join(models)]

@@ -2,7 +2,7 @@
 
     python -m loadtest.photo_bench            # alone, ~1.5 min; writes docs/performance/bench_photos.csv
 
-A TorchServe with both models (the shipped serve/*.yaml) on free loopback ports; the photo mix is
+A TorchServe with both models (the shipped config/*.yaml) on free loopback ports; the photo mix is
 half whole video frames (one face each) and half 1280x960 scenes of 2 to 6 faces
 (loadtest.images.build_photo_mix). Reported: photos/s, faces/s, p50/p95/p99 per photo.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import requests
 
 from facekp.data import REPO_ROOT
-from facekp.server import FACES, Service, build_archive, free_ports
+from facekp.torchserve import FACES, Service, build_archive, free_ports
 from loadtest.cpu import log, wait_for_quiet
 from loadtest.images import build_photo_mix, describe
 from loadtest.loadgen import run_load

@@ -31,7 +31,7 @@ import requests
 
 from facekp import data as facedata
 from facekp.evaluate import encode_face
-from facekp.server import MODEL_CONFIG, MODEL_FILE, Service, build_archive, free_port
+from facekp.torchserve import MODEL_CONFIG, MODEL_FILE, Service, build_archive, free_port
 
 
 @dataclass

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from facekp import data as facedata
-from facekp.server import (
+from facekp.torchserve import (
     FACES,
     KEYPOINTS,
     MODEL_FILE,

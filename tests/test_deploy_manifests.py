@@ -150,7 +150,7 @@ def test_probes_check_a_ready_worker_through_the_healthcheck_script(name):
         assert container[probe]["timeoutSeconds"] >= 5, probe
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 180, "TorchServe needs minutes to start"
-    assert (REPO / "serve" / "healthcheck.py").is_file()
+    assert (REPO / "config" / "healthcheck.py").is_file()
     assert "/opt/facekp/healthcheck.py" in (REPO / "Dockerfile").read_text()
 
 
@@ -170,7 +170,7 @@ def test_pod_runs_as_non_root_with_a_read_only_root_filesystem(name):
 
 def test_configmap_holds_the_images_container_config():
     configmap = by_kind(render(KUSTOMIZATIONS["base"]))["ConfigMap"]
-    shipped = (REPO / "serve" / "config.container.properties").read_text()
+    shipped = (REPO / "config" / "config.container.properties").read_text()
     assert configmap["data"]["config.properties"] == shipped
     settings = dict(line.split("=", 1) for line in shipped.splitlines() if line and not line.startswith("#"))
     assert settings["inference_address"] == "http://0.0.0.0:8080"
@@ -213,7 +213,7 @@ def test_kserve_torchserve_config_matches_the_model_config():
     for model, config_file in (("keypoints", "model-config.yaml"), ("faces", "faces-config.yaml")):
         version = snapshot["models"][model]["1.0"]
         assert version["marName"] == f"{model}.mar"
-        model_config = yaml.safe_load((REPO / "serve" / config_file).read_text())
+        model_config = yaml.safe_load((REPO / "config" / config_file).read_text())
         for key in ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout"):
             assert version[key] == model_config[key], (model, key)
     assert snapshot["modelCount"] == len(snapshot["models"])
@@ -336,7 +336,7 @@ def test_hpa_scales_on_the_queue_latency_the_adapter_serves():
     assert "ts_inference_requests_total" in rule["metricsQuery"]
     pod = by_kind(render(KUSTOMIZATIONS["base"]))["Deployment"]["spec"]["template"]["metadata"]
     assert pod["annotations"]["prometheus.io/scrape"] == "true" and pod["annotations"]["prometheus.io/port"] == "8082"
-    settings = dict(line.split("=", 1) for line in (REPO / "serve" / "config.container.properties").read_text()
+    settings = dict(line.split("=", 1) for line in (REPO / "config" / "config.container.properties").read_text()
                     .splitlines() if line and not line.startswith("#"))
     assert settings["metrics_mode"] == "prometheus"
 

@@ -20,7 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
-HEALTHCHECK = REPO / "serve" / "healthcheck.py"
+HEALTHCHECK = REPO / "config" / "healthcheck.py"
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -81,7 +81,7 @@ def test_runs_as_non_root_exposes_the_ports_and_checks_health():
     assert exposed == {"8080", "8081", "8082"}
     (check,) = [a for kind, a in steps if kind == "HEALTHCHECK"]
     assert "/opt/facekp/healthcheck.py" in check
-    assert ("COPY", "serve/healthcheck.py /opt/facekp/healthcheck.py") in steps
+    assert ("COPY", "config/healthcheck.py /opt/facekp/healthcheck.py") in steps
 
 
 def test_starts_torchserve_in_the_foreground_and_stops_it_on_sigterm():
@@ -112,10 +112,10 @@ def test_kserve_target_runs_the_predictor_as_non_root_on_8080_and_grpc_on_8081()
 def test_archive_is_built_in_the_image_by_the_projects_build_archive():
     steps = instructions()
     runs = " ".join(a for kind, a in steps if kind == "RUN")
-    assert "python -m facekp.server archive" in runs
+    assert "python -m facekp.torchserve archive" in runs
     copied = {a.split()[0] for kind, a in steps if kind == "COPY"}
-    assert {"facekp/", "handler/", "serve/model-config.yaml", "model_store/keypoints.pt"} <= copied
-    assert ("COPY", "serve/config.container.properties /opt/facekp/config/config.properties") in steps
+    assert {"facekp/", "handler/", "config/model-config.yaml", "model_store/keypoints.pt"} <= copied
+    assert ("COPY", "config/config.container.properties /opt/facekp/config/config.properties") in steps
 
 
 def _dockerignored(path: str) -> bool:
@@ -137,11 +137,11 @@ def _dockerignored(path: str) -> bool:
     return ignored
 
 
-@pytest.mark.parametrize("path", ["requirements.txt", "facekp/server.py", "facekp/contract.py", "facekp/data.py",
+@pytest.mark.parametrize("path", ["requirements.txt", "facekp/torchserve.py", "facekp/contract.py", "facekp/data.py",
                                   "handler/keypoint_handler.py", "handler/processing.py", "handler/kserve_protocol.py",
                                   "handler/kserve_server.py", "requirements-kserve.txt", "model_store/keypoints.pt",
-                                  "serve/model-config.yaml", "serve/config.container.properties",
-                                  "serve/healthcheck.py"])
+                                  "config/model-config.yaml", "config/config.container.properties",
+                                  "config/healthcheck.py"])
 def test_build_context_holds_what_the_image_needs(path):
     assert (REPO / path).is_file(), path
     assert not _dockerignored(path), path
@@ -155,7 +155,7 @@ def test_build_context_leaves_data_venvs_and_logs_out(path):
     assert _dockerignored(path), path
 
 
-# --- serve/healthcheck.py against a stand-in management API --------------------------------------------
+# --- config/healthcheck.py against a stand-in management API --------------------------------------------
 class _Management(BaseHTTPRequestHandler):
     reply: object = None
 

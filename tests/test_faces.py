@@ -17,7 +17,7 @@ from PIL import Image
 
 from facekp import photos
 from facekp.contract import KEYPOINT_NAMES
-from facekp.server import FACES, KEYPOINTS, REPO_ROOT
+from facekp.torchserve import FACES, KEYPOINTS, REPO_ROOT
 from handler import faces as pipeline
 from tests.conftest import require_data, running_service
 

@@ -23,7 +23,7 @@ import requests
 
 from facekp.data import REPO_ROOT
 from facekp.evaluate import encode_face
-from facekp.server import MODEL_FILE, Service, build_archive, free_ports, main
+from facekp.torchserve import MODEL_FILE, Service, build_archive, free_ports, main
 
 CONNECT_TIMEOUT, READ_TIMEOUT = 3.0, 15.0
 """Every client request of the load gives up after these many seconds: an error, never a hang."""
@@ -165,8 +165,8 @@ def test_token_authorization(tmp_path, archive, face_png):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    """`make serve` runs exactly this: python -m facekp.server start."""
-    return subprocess.run([sys.executable, "-m", "facekp.server", *args], cwd=REPO_ROOT, capture_output=True,
+    """`make serve` runs exactly this: python -m facekp.torchserve start."""
+    return subprocess.run([sys.executable, "-m", "facekp.torchserve", *args], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=300)
 
 

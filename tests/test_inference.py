@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from facekp.server import MODEL_FILE, REPO_ROOT
+from facekp.torchserve import MODEL_FILE, REPO_ROOT
 from handler.inference import channels_last_on, choose_precision, cpu_flags, for_inference, model_runner
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda")

@@ -10,7 +10,7 @@ import pytest
 
 from facekp.evaluate import query_service
 from facekp.replies import RETRY_STATUSES, backoff_s
-from facekp.server import REPO_ROOT
+from facekp.torchserve import REPO_ROOT
 from loadtest.images import Upload
 from loadtest.loadgen import run_load, run_open_loop
 from tests.conftest import running_service

@@ -27,11 +27,11 @@ import requests
 from PIL import Image
 
 from facekp.contract import KEYPOINT_NAMES
-from facekp.server import SHIPPED_CONFIG, Service
+from facekp.torchserve import SHIPPED_CONFIG, Service
 from tests.conftest import running_service
 
 TIMEOUT = 60
-MAX_REQUEST_SIZE = 6_553_500  # serve/config.properties
+MAX_REQUEST_SIZE = 6_553_500  # config/config.properties
 OBSERVED: list[tuple[str, int, str, str]] = []
 """(case, status, message, answered by) for the docs table."""
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from facekp import evaluate, metrics
 from facekp.contract import KEYPOINT_NAMES, denormalize
-from facekp.server import MODEL_FILE, Service, port_in_use
+from facekp.torchserve import MODEL_FILE, Service, port_in_use
 from handler.inference import choose_precision, model_runner
 from tests.conftest import running_service
 

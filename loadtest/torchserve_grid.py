@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from facekp.server import MODEL_CONFIG, MODEL_FILE, SHIPPED_CONFIG, Service, build_archive, free_ports
+from facekp.torchserve import MODEL_CONFIG, MODEL_FILE, SHIPPED_CONFIG, Service, build_archive, free_ports
 from loadtest.cpu import CpuSampler, log
 from loadtest.images import Upload
 from loadtest.loadgen import run_load
@@ -41,7 +41,7 @@ class Config:
 
 
 def shipped_config(model_config: Path = MODEL_CONFIG) -> Config:
-    """serve/model-config.yaml as a Config named like the grid's (b8-d1-w2t1): benchmarks follow the shipped file."""
+    """config/model-config.yaml as a Config named like the grid's (b8-d1-w2t1): benchmarks follow the shipped file."""
     shipped = yaml.safe_load(model_config.read_text())
     handler = shipped.get("handler", {})
     batch, delay, workers = shipped["batchSize"], shipped["maxBatchDelay"], shipped["maxWorkers"]

@@ -22,7 +22,7 @@ from handler.processing import MAX_PIXELS, Reply
 logger = logging.getLogger(__name__)
 
 
-class ServingHandler(BaseHandler):
+class ModelHandler(BaseHandler):
     def initialize(self, context) -> None:
         super().initialize(context)
         self.settings: dict[str, Any] = (getattr(context, "model_yaml_config", None) or {}).get("handler", {})

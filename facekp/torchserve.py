@@ -3,8 +3,8 @@
 `make serve`, `make stop`, the tests and the benchmarks all go through this module, so a
 service started by hand behaves exactly like the one under test.
 
-    python -m facekp.server start [--inference-port 8080 ...]
-    python -m facekp.server stop
+    python -m facekp.torchserve start [--inference-port 8080 ...]
+    python -m facekp.torchserve stop
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ MODEL_FILE = REPO_ROOT / "model_store" / "keypoints.pt"
 TRY_IMAGE = "samples/astronaut_face.png"
 """A committed public-domain face (see samples/SOURCE.md): always there, with or without the data set."""
 MODEL_STORE = REPO_ROOT / "model_store"
-SHIPPED_CONFIG = REPO_ROOT / "serve" / "config.properties"
-MODEL_CONFIG = REPO_ROOT / "serve" / "model-config.yaml"
+SHIPPED_CONFIG = REPO_ROOT / "config" / "config.properties"
+MODEL_CONFIG = REPO_ROOT / "config" / "model-config.yaml"
 RUN_DIR = REPO_ROOT / ".serve"
 BIN = Path(sys.executable).parent
-FACES_CONFIG = REPO_ROOT / "serve" / "faces-config.yaml"
+FACES_CONFIG = REPO_ROOT / "config" / "faces-config.yaml"
 TRY_PHOTO = "samples/astronaut.png"
 
 
