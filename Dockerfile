@@ -55,8 +55,8 @@ RUN python3 -m venv /opt/venv \
     && rm /tmp/requirements.txt /tmp/requirements.serve.txt /tmp/requirements-nodeps.txt
 ENV PATH=/opt/venv/bin:$PATH
 
-# keypoints.mar and faces.mar, built here by the project's own build_archive() (facekp/torchserve.py): the same handler,
-# extra files, model config and TorchScript check as `make archive`.
+# keypoints.mar and faces.mar, built here by the project's own build_archive() (facekp/archive.py): the same handler,
+# modules it imports, model config and TorchScript check as `make archive`.
 COPY facekp/ /tmp/build/facekp/
 COPY handler/ /tmp/build/handler/
 COPY config/model-config.yaml config/faces-config.yaml /tmp/build/config/

@@ -1,7 +1,8 @@
-"""Build the model archive and run TorchServe: start, wait until the worker is READY, stop.
+"""Run TorchServe: start it in the background, wait until every worker is READY, stop it.
 
 `make serve`, `make stop`, the tests and the benchmarks all go through this module, so a
-service started by hand behaves exactly like the one under test.
+service started by hand behaves exactly like the one under test. The archives it serves are
+facekp.archive's.
 
     python -m facekp.torchserve start [--inference-port 8080 ...]
     python -m facekp.torchserve stop
@@ -13,116 +14,36 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import requests
 
+from facekp.archive import BIN, FACES, MODEL_FILE, MODEL_STORE, MODELS, ArchiveError, build_archive
 from facekp.data import REPO_ROOT
+from facekp.processes import free_port, port_in_use, wait_until
 
 MODEL_NAME = "keypoints"
-MODEL_FILE = REPO_ROOT / "model_store" / "keypoints.pt"
 TRY_IMAGE = "samples/astronaut_face.png"
 """A committed public-domain face (see samples/SOURCE.md): always there, with or without the data set."""
-MODEL_STORE = REPO_ROOT / "model_store"
 SHIPPED_CONFIG = REPO_ROOT / "config" / "config.properties"
-MODEL_CONFIG = REPO_ROOT / "config" / "model-config.yaml"
 RUN_DIR = REPO_ROOT / ".serve"
-BIN = Path(sys.executable).parent
-FACES_CONFIG = REPO_ROOT / "config" / "faces-config.yaml"
 TRY_PHOTO = "samples/astronaut.png"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One model of the service: its handler, what the handler imports at serving time (nothing else of
-    the project goes into its .mar) and its model-config.yaml."""
-
-    name: str
-    handler: str
-    modules: dict[str, list[str]] = field(hash=False)
-    config: Path
-
-
-KEYPOINTS = ModelSpec("keypoints", "keypoint_handler.py",
-                      {"handler": ["__init__.py", "processing.py", "kserve_protocol.py", "inference.py", "serving.py"],
-                       "facekp": ["__init__.py", "contract.py"]}, MODEL_CONFIG)
-FACES = ModelSpec("faces", "faces_handler.py",
-                  {"handler": ["__init__.py", "processing.py", "kserve_protocol.py", "inference.py", "serving.py",
-                               "faces.py", "face_detector.py"],
-                   "facekp": ["__init__.py", "contract.py"]}, FACES_CONFIG)
-MODELS = {spec.name: spec for spec in (KEYPOINTS, FACES)}
-"""Every model `make serve` serves: the 96x96 crop contract and the photo path (both use keypoints.pt)."""
 CRASH_LOOP_STOPS = 3
 """Worker stops during start-up after which waiting for READY is pointless."""
 
 
 class ServiceError(Exception):
-    """The service could not be built, started or reached; the message says what to do."""
-
-
-def build_archive(model_file: Path = MODEL_FILE, export_dir: Path = MODEL_STORE,
-                  model_config: Path | None = None, spec: ModelSpec = KEYPOINTS) -> Path:
-    """Package the TorchScript model, the spec's handler and its helpers into <name>.mar."""
-    model_config = model_config or spec.config
-    if not model_file.is_file():
-        raise ServiceError(f"model file {model_file} is missing: train one with `python train/run.py` "
-                           "or restore it with `git checkout model_store/`")
-    _check_torchscript(model_file)
-    export_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as staging:
-        # The archiver flattens each extra folder into the archive's root; staging the
-        # packages one level down keeps `handler.processing` and `facekp.contract` importable.
-        for package, modules in spec.modules.items():
-            (Path(staging) / package).mkdir()
-            for module in modules:
-                shutil.copy2(REPO_ROOT / package / module, Path(staging) / package / module)
-        cmd = [str(BIN / "torch-model-archiver"), "--model-name", spec.name, "--version", "1.0",
-               "--serialized-file", str(model_file), "--handler", str(REPO_ROOT / "handler" / spec.handler),
-               "--extra-files", staging, "--config-file", str(model_config),
-               "--export-path", str(export_dir), "--force"]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode:
-        raise ServiceError(f"torch-model-archiver failed:\n{result.stdout}{result.stderr}")
-    return export_dir / f"{spec.name}.mar"
-
-
-def _check_torchscript(model_file: Path) -> None:
-    import torch
-
-    try:
-        torch.jit.load(str(model_file), map_location="cpu")
-    except Exception as err:
-        raise ServiceError(f"model file {model_file} is not a loadable TorchScript model ({err}); "
-                           "retrain: `python train/run.py`, or restore: `git checkout model_store/`") from None
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """The service could not be started or reached; the message says what to do."""
 
 
 def free_ports(host: str = "127.0.0.1") -> dict[str, int]:
     """Free loopback ports for every listener of a Service: Service(**free_ports(), ...)."""
     return {name: free_port(host) for name in ("inference_port", "management_port", "metrics_port",
                                                "grpc_inference_port", "grpc_management_port")}
-
-
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 @dataclass
@@ -248,8 +169,8 @@ class Service:
 
     def wait_ready(self, timeout: float = 120.0) -> list[dict]:
         """Block until every worker is READY. /ping says Healthy even while workers crash-loop."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def ready() -> list[dict] | None:
             if not self.pid():
                 raise ServiceError(f"TorchServe exited during start-up.\n{self.log_tail()}")
             workers = [self.workers(model) for model in self.models]
@@ -258,8 +179,12 @@ class Service:
             if self.worker_stops() >= CRASH_LOOP_STOPS:
                 raise ServiceError(f"the model's worker crashed {self.worker_stops()} times while starting.\n"
                                    f"{self.log_tail()}")
-            time.sleep(0.5)
-        raise ServiceError(f"no READY worker after {timeout:.0f} s.\n{self.log_tail()}")
+            return None
+
+        workers = wait_until(ready, timeout)
+        if workers is None:
+            raise ServiceError(f"no READY worker after {timeout:.0f} s.\n{self.log_tail()}")
+        return workers
 
     def worker_stops(self) -> int:
         """How often a worker has stopped since start (TorchServe restarts crashed workers)."""
@@ -332,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             pid = service.pid()
             print(f"running (pid {pid}), workers: {service.workers()}" if pid else "not running")
-    except ServiceError as err:
+    except (ServiceError, ArchiveError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

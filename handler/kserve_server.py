@@ -30,7 +30,7 @@ import requests
 import torch
 
 from facekp.contract import NUM_KEYPOINTS
-from facekp.torchserve import port_in_use
+from facekp.processes import port_in_use
 from handler.batching import MicroBatcher
 from handler.inference import choose_precision, model_runner
 from handler.kserve_protocol import (

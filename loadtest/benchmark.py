@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
+from facekp.archive import MODEL_FILE
 from facekp.data import REPO_ROOT
 from facekp.machine import machine
-from facekp.torchserve import MODEL_FILE
 from handler.inference import choose_precision
 from loadtest import photo_bench, report
 from loadtest.ceiling import ceiling, ceiling_loop, ceiling_processes, handler_model, split

@@ -1,6 +1,6 @@
 """The GPU path measured in one run, on any CUDA machine (`make bench-gpu`):
 
-    .venv/bin/python -m loadtest.gpu_bench [--data NPZ] [--out DIR] [--train-epochs N]
+    .venv/bin/python -m loadtest.gpu_bench [--data NPZ] [--out DIR] [--train]
     .venv/bin/python -m loadtest.gpu_bench --check-on-cpu     # every part once, tiny, on the CPU (make test)
 
 1. the model's faces/s by batch and precision: the shipped file as it is (NCHW), as the handlers
@@ -9,7 +9,7 @@
    time); each form's largest deviation from the CPU's float32 answers, in pixels of the 96x96 frame;
 2. one handler worker's faces/s for 96x96 PNG uploads (handler.processing.answer_batch: decoding,
    preprocessing and the model, one thread), and the photo path's ms per 1280x960 photo;
-3. a student training step, and (with --train-epochs) the default training on the GPU;
+3. a student training step, and (with --train) the whole recipe trained on the GPU;
 4. the score as served on the GPU against the CPU's, on the fixed split's validation people.
 
 No TorchServe or Java is needed: the handlers' own functions run in-process. Without CUDA it says so
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -33,9 +32,10 @@ from PIL import Image
 
 from facekp import data as facedata
 from facekp import metrics
+from facekp.archive import MODEL_FILE
 from facekp.contract import IMAGE_SIZE, NUM_KEYPOINTS
+from facekp.data import REPO_ROOT
 from facekp.evaluate import encode_face
-from facekp.torchserve import MODEL_FILE, REPO_ROOT
 from handler.inference import autocast, model_runner
 from handler.processing import answer_batch
 
@@ -72,8 +72,8 @@ def faces_per_second(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
 def model_forms(device: torch.device, compiled: bool = True) -> dict[str, tuple[Callable[[torch.Tensor], torch.Tensor],
                                                                                 bool, float]]:
     """name -> (run on a float32 batch, channels-last inputs, seconds it took to prepare)."""
+    from train.exported import exported_networks
     from train.model import ServingModel, shift_views
-    from train.run import exported_networks
 
     forms: dict[str, tuple[Callable, bool, float]] = {}
 
@@ -220,16 +220,21 @@ def score_table(device: torch.device, faces: facedata.FaceData) -> list[dict]:
     return rows
 
 
-def training_table(device: torch.device, data: str | None, epochs: int, out: Path, steps: int = 20) -> list[dict]:
+def training_table(device: torch.device, data: str | None, train_recipe: bool, out: Path,
+                   steps: int = 20) -> list[dict]:
     """A student's training step on device (batch 64, forward + backward + AdamW, the teachers' four passes
-    beside it), and with epochs > 0 the default recipe trained on device for that many student epochs."""
-    from train.run import CARD_FILE, build_net, build_teacher, keypoint_loss, parse_args, train, training_precision
+    beside it), and with train_recipe the whole recipe (teachers, then student) trained on device."""
+    from train.exported import COMMITTED_TEACHERS, load_teacher
+    from train.loop import build_net, keypoint_loss, training_precision
+    from train.recipe import STUDENT
+    from train.run import parse_args, train
 
     flags = ["--device", device.type, *(["--data", data] if data else [])]
     cfg = parse_args(flags)
     precision = training_precision(cfg.precision, device)
-    teacher = build_teacher(cfg, [], device)
-    net = build_net(cfg, True, student=True).to(device, memory_format=torch.channels_last)
+    teacher = load_teacher("+".join(str(path) for path in COMMITTED_TEACHERS))
+    teacher = teacher.to(device, memory_format=torch.channels_last)
+    net = build_net(STUDENT, aux68=True).to(device, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr)
     x = torch.rand(cfg.batch_size, 1, IMAGE_SIZE, IMAGE_SIZE, device=device).contiguous(
         memory_format=torch.channels_last)
@@ -240,9 +245,9 @@ def training_table(device: torch.device, data: str | None, epochs: int, out: Pat
             taught = teacher(x).float()
         with autocast(precision, device.type):
             pred = net(x).float()
-        loss = keypoint_loss(pred[:, :NUM_KEYPOINTS], target[:, :NUM_KEYPOINTS], cfg.loss)
-        loss = loss + keypoint_loss(pred[:, :NUM_KEYPOINTS], taught, cfg.loss)
-        loss = loss + cfg.aux68 * keypoint_loss(pred[:, NUM_KEYPOINTS:], target[:, NUM_KEYPOINTS:], cfg.loss)
+        loss = keypoint_loss(pred[:, :NUM_KEYPOINTS], target[:, :NUM_KEYPOINTS])
+        loss = loss + keypoint_loss(pred[:, :NUM_KEYPOINTS], taught)
+        loss = loss + cfg.aux68 * keypoint_loss(pred[:, NUM_KEYPOINTS:], target[:, NUM_KEYPOINTS:])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -257,15 +262,13 @@ def training_table(device: torch.device, data: str | None, epochs: int, out: Pat
     rows = [{"training": f"student step, batch {cfg.batch_size}, {precision}, with the teachers' passes",
              "device": device.type, "ms": round((time.perf_counter() - start) / steps * 1000, 1)}]
     print(f"  {rows[-1]}", flush=True)
-    if epochs:
+    if train_recipe:
         start = time.perf_counter()
-        card = train(parse_args([*flags, "--student-epochs", str(epochs), "--out", str(out)]))
-        shipped = json.loads((MODEL_FILE.parent / CARD_FILE).read_text())["validation"]["score"]
-        rows.append({"training": f"python train/run.py --device {device.type} --student-epochs {epochs} "
-                                 f"--out {out}", "device": card["device"],
-                     "minutes": round((time.perf_counter() - start) / 60, 2),
-                     "val_score": round(card["validation"]["score"], 1), "shipped_cpu_val_score": round(shipped, 1),
-                     "run": str(out)})
+        card = train(parse_args([*flags, "--no-all-people", "--out", str(out)]))
+        rows.append({"training": f"python train/run.py --device {device.type} --no-all-people --out {out}",
+                     "device": card["device"], "minutes": round((time.perf_counter() - start) / 60, 2),
+                     "stages": ", ".join(f"{row['stage']} {row['minutes']:.1f} min" for row in card["stages"]),
+                     "val_score": round(card["validation"]["score"], 1), "run": str(out)})
         print(f"  {rows[-1]}", flush=True)
     return rows
 
@@ -282,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="the data set (.npz); default: facekp.data's search")
     parser.add_argument("--out", type=Path, default=Path("runs/gpu-bench"))
     parser.add_argument("--seconds", type=float, default=2.0, help="measured time per point")
-    parser.add_argument("--train-epochs", type=int, default=0, help="also train the default recipe for N epochs")
+    parser.add_argument("--train", action="store_true",
+                        help="also train the whole recipe (teachers, then student) on the device, validated on the "
+                             "fixed split's held-out people")
     parser.add_argument("--check-on-cpu", action="store_true",
                         help="run every part once on the CPU with tiny sizes: a test of this script, not a measurement")
     args = parser.parse_args(argv)
@@ -309,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
               "photo": photo_table(device, repeats=1 if check else 20)}
     if faces is not None:
         tables["score"] = score_table(device, faces)
-    tables["training"] = training_table(device, args.data, 0 if check else args.train_epochs, args.out / "train",
+    tables["training"] = training_table(device, args.data, args.train and not check, args.out / "train",
                                         steps=1 if check else 20)
     args.out.mkdir(parents=True, exist_ok=True)
     text = "\n\n".join(f"### {name}\n\n{markdown(rows)}" for name, rows in tables.items())

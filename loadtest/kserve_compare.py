@@ -28,8 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from facekp import data as facedata
+from facekp.archive import FACES, build_archive
+from facekp.data import REPO_ROOT
 from facekp.evaluate import encode_face
-from facekp.torchserve import FACES, REPO_ROOT, Service, build_archive, free_port, free_ports
+from facekp.processes import free_port
+from facekp.torchserve import Service, free_ports
 from handler.kserve_protocol import BINARY_HEADER
 from loadtest.images import Upload
 from loadtest.loadgen import LoadResult, run_load

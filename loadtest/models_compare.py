@@ -29,10 +29,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from facekp import data as facedata
 from facekp import metrics
+from facekp.archive import MODEL_FILE
 from facekp.contract import denormalize
 from facekp.data import REPO_ROOT
 from facekp.machine import machine
-from facekp.torchserve import MODEL_FILE
 from handler.inference import choose_precision, model_runner
 from handler.processing import decode_image, to_model_input
 from loadtest import report

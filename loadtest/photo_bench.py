@@ -17,8 +17,9 @@ from pathlib import Path
 
 import requests
 
+from facekp.archive import FACES, build_archive
 from facekp.data import REPO_ROOT
-from facekp.torchserve import FACES, Service, build_archive, free_ports
+from facekp.torchserve import Service, free_ports
 from loadtest.cpu import log, wait_for_quiet
 from loadtest.images import build_photo_mix, describe
 from loadtest.loadgen import run_load

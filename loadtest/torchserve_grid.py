@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from facekp.torchserve import MODEL_CONFIG, MODEL_FILE, SHIPPED_CONFIG, Service, build_archive, free_ports
+from facekp.archive import MODEL_CONFIG, MODEL_FILE, build_archive
+from facekp.torchserve import SHIPPED_CONFIG, Service, free_ports
 from loadtest.cpu import CpuSampler, log
 from loadtest.images import Upload
 from loadtest.loadgen import run_load

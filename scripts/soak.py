@@ -30,8 +30,10 @@ import psutil
 import requests
 
 from facekp import data as facedata
+from facekp.archive import MODEL_CONFIG, MODEL_FILE, build_archive
 from facekp.evaluate import encode_face
-from facekp.torchserve import MODEL_CONFIG, MODEL_FILE, Service, build_archive, free_port
+from facekp.processes import free_port
+from facekp.torchserve import Service
 
 
 @dataclass

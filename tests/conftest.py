@@ -17,17 +17,10 @@ import numpy as np
 import pytest
 
 from facekp import data as facedata
-from facekp.torchserve import (
-    FACES,
-    KEYPOINTS,
-    MODEL_FILE,
-    REPO_ROOT,
-    ModelSpec,
-    Service,
-    build_archive,
-    free_port,
-    free_ports,
-)
+from facekp.archive import FACES, KEYPOINTS, MODEL_FILE, ModelSpec, build_archive
+from facekp.data import REPO_ROOT
+from facekp.processes import free_port
+from facekp.torchserve import Service, free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 KSERVE_CONFIG = REPO / "k8s" / "kserve" / "config" / "config.properties"

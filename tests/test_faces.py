@@ -16,8 +16,9 @@ import requests
 from PIL import Image
 
 from facekp import photos
+from facekp.archive import FACES, KEYPOINTS
 from facekp.contract import KEYPOINT_NAMES
-from facekp.torchserve import FACES, KEYPOINTS, REPO_ROOT
+from facekp.data import REPO_ROOT
 from handler import faces as pipeline
 from tests.conftest import require_data, running_service
 

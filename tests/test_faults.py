@@ -21,9 +21,10 @@ from dataclasses import dataclass
 import pytest
 import requests
 
+from facekp.archive import MODEL_FILE, build_archive
 from facekp.data import REPO_ROOT
 from facekp.evaluate import encode_face
-from facekp.torchserve import MODEL_FILE, Service, build_archive, free_ports, main
+from facekp.torchserve import Service, free_ports, main
 
 CONNECT_TIMEOUT, READ_TIMEOUT = 3.0, 15.0
 """Every client request of the load gives up after these many seconds: an error, never a hang."""

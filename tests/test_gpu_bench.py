@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from facekp.torchserve import REPO_ROOT
+from facekp.data import REPO_ROOT
 
 
 def bench(*args: str, **env: str) -> subprocess.CompletedProcess:

@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from facekp.torchserve import MODEL_FILE, REPO_ROOT
+from facekp.archive import MODEL_FILE
+from facekp.data import REPO_ROOT
 from handler.inference import channels_last_on, choose_precision, cpu_flags, for_inference, model_runner
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda")

@@ -26,7 +26,7 @@ import requests
 from PIL import Image
 
 from facekp.contract import KEYPOINT_NAMES
-from facekp.torchserve import REPO_ROOT
+from facekp.data import REPO_ROOT
 
 PHOTO = REPO_ROOT / "samples" / "astronaut.png"
 CONCURRENT = 16

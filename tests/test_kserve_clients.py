@@ -24,7 +24,7 @@ import tritonclient.http as triton_http
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from facekp.torchserve import REPO_ROOT
+from facekp.data import REPO_ROOT
 from tests.test_kserve import plain_keypoints
 from tests.triton_tensors import bytes_tensor, float_tensor
 

@@ -8,9 +8,9 @@ import re
 
 import pytest
 
+from facekp.data import REPO_ROOT
 from facekp.evaluate import query_service
 from facekp.replies import RETRY_STATUSES, backoff_s
-from facekp.torchserve import REPO_ROOT
 from loadtest.images import Upload
 from loadtest.loadgen import run_load, run_open_loop
 from tests.conftest import running_service

@@ -16,8 +16,10 @@ import torch
 from PIL import Image
 
 from facekp import evaluate, metrics
+from facekp.archive import MODEL_FILE
 from facekp.contract import KEYPOINT_NAMES, denormalize
-from facekp.torchserve import MODEL_FILE, Service, port_in_use
+from facekp.processes import port_in_use
+from facekp.torchserve import Service
 from handler.inference import choose_precision, model_runner
 from tests.conftest import running_service
 
