@@ -65,6 +65,18 @@ def normalize(pixels: np.ndarray) -> np.ndarray:
     return (np.asarray(pixels, dtype=np.float32) - HALF) / HALF
 
 
-def denormalize(normalized: np.ndarray) -> np.ndarray:
+def denormalize(normalized: np.ndarray, dtype: type = np.float32) -> np.ndarray:
     """The model's normalized coordinates -> pixel coordinates in the 96x96 frame."""
-    return np.asarray(normalized, dtype=np.float32) * HALF + HALF
+    return np.asarray(normalized, dtype=dtype) * HALF + HALF
+
+
+def rescale_pixels(points: np.ndarray, scale: float | np.ndarray, offset: float | np.ndarray = 0.0) -> np.ndarray:
+    """Pixel coordinates in one raster -> in another, where each pixel of the first spans `scale` pixels
+    (a scalar, or per axis) and its pixel 0 starts at `offset`.
+
+    The pixel-centre convention of PIL's resizing and the data set: pixel i covers [i, i + 1) and is
+    at its centre i + 0.5, so x -> (x + 0.5) * scale - 0.5 + offset. The inverse is
+    rescale_pixels(y - offset, 1 / scale). Every move of a keypoint between the 96x96 frame, a crop
+    of an image, a resized copy and the image as sent goes through here.
+    """
+    return (np.asarray(points, dtype=np.float64) + 0.5) * scale - 0.5 + offset

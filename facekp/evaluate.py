@@ -25,7 +25,7 @@ from PIL import Image
 
 from facekp import data as facedata
 from facekp import metrics
-from facekp.contract import IMAGE_SIZE, KEYPOINT_NAMES
+from facekp.contract import IMAGE_SIZE, KEYPOINT_NAMES, rescale_pixels
 from facekp.replies import RETRY_STATUSES, backoff_s, parse_reply
 
 
@@ -41,8 +41,7 @@ def encode_face(pixels: np.ndarray, fmt: str = "png", size: int = IMAGE_SIZE, qu
 
 def to_model_frame(points_px: np.ndarray, size: int) -> np.ndarray:
     """Pixel coordinates in a size x size image -> the 96x96 frame (pixel-centre convention)."""
-    scale = size / IMAGE_SIZE
-    return (np.asarray(points_px, np.float64) + 0.5) / scale - 0.5
+    return rescale_pixels(points_px, IMAGE_SIZE / size)
 
 
 @dataclass

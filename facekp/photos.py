@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from facekp import data as facedata
-from facekp.contract import KEYPOINT_NAMES, MEAN_LAYOUT
+from facekp.contract import KEYPOINT_NAMES, MEAN_LAYOUT, rescale_pixels
 
 DEFAULT_FRAMES = facedata.REPO_ROOT.parent / "shared" / "data" / "frames"
 OUTER = (KEYPOINT_NAMES.index("left_eye_outer_corner"), KEYPOINT_NAMES.index("right_eye_outer_corner"))
@@ -98,7 +98,7 @@ def build_scene(frames: list[Frame], rng: np.random.Generator, faces: int = 6,
             if all(x + w <= a or b <= x or y + h <= c or d <= y for a, c, b, d in placed):
                 canvas.paste(photo.resize((w, h), Image.Resampling.LANCZOS), (x, y))
                 placed.append((x, y, x + w, y + h))
-                labels.append((frame.keypoints + 0.5) * [w / photo.width, h / photo.height] - 0.5 + [x, y])
+                labels.append(rescale_pixels(frame.keypoints, [w / photo.width, h / photo.height], [x, y]))
                 break
     return Scene(canvas, labels, placed, name)
 
@@ -228,9 +228,9 @@ def evaluate_main(url: str, data: str | None, split: str, scenes: int, concurren
 def calibrate(frames: list[Frame]) -> np.ndarray:
     """Mean position of the detector's 5 landmarks in training-framed crops (handler.faces.DETECTOR_LAYOUT)."""
     from handler.face_detector import FaceDetector
-    from handler.faces import fit_square
+    from handler.square import fit_square
 
-    detector = FaceDetector(score_threshold=0.5)
+    detector = FaceDetector()
     marks = []
     for frame in frames:
         found = detector.detect(np.asarray(Image.open(frame.path).convert("RGB")))
@@ -238,7 +238,7 @@ def calibrate(frames: list[Frame]) -> np.ndarray:
             continue
         nearest = min(found, key=lambda d: np.linalg.norm(d.landmarks.mean(0) - frame.keypoints.mean(0)))
         square = fit_square(frame.keypoints, MEAN_LAYOUT)
-        marks.append((nearest.landmarks + 0.5 - [square.x0, square.y0]) * 96 / square.side - 0.5)
+        marks.append(square.to_crop(nearest.landmarks))
     print(f"{len(marks)} of {len(frames)} training frames with a detection", file=sys.stderr)
     return np.mean(marks, axis=0)
 

@@ -14,15 +14,14 @@ Every face of every image in a call goes through the model together, once per st
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from facekp.contract import IMAGE_SIZE, KEYPOINT_NAMES, MEAN_LAYOUT, denormalize
+from facekp.contract import KEYPOINT_NAMES, MEAN_LAYOUT, rescale_pixels
 from handler.face_detector import Detection, FaceDetector
 from handler.processing import MAX_PIXELS, Reply, decode_photo, read_request, reply_for, reply_for_failure
+from handler.square import Square, fit_square
 
 DETECTOR_LAYOUT = np.array([[31.07, 37.99], [63.30, 37.31], [47.17, 56.34], [34.46, 73.30], [60.72, 72.75]])
 """Mean position, in a training-framed 96x96 crop, of the detector's 5 landmarks (image-left eye,
@@ -32,52 +31,6 @@ MAX_FACES = 50
 """Faces answered per image (the largest); handler setting max_faces."""
 
 REFINE_STEPS = 1
-
-
-@dataclass(frozen=True)
-class Square:
-    """A square of the image: x0, y0 its top-left corner and side its side, in (continuous) pixels."""
-
-    x0: float
-    y0: float
-    side: float
-
-
-def fit_square(points: np.ndarray, layout: np.ndarray) -> Square:
-    """The square whose 96x96 resize puts `points` (N, 2, image pixels) closest to `layout` (least squares)."""
-    p = np.asarray(points, np.float64)
-    m = np.asarray(layout, np.float64)
-    pc, mc = p - p.mean(0), m - m.mean(0)
-    scale = float((pc * mc).sum() / max((pc**2).sum(), 1e-9))  # crop pixels per image pixel
-    scale = max(scale, 1e-6)
-    shift = m.mean(0) - scale * p.mean(0)
-    # crop pixel index u = (x + 0.5 - x0) * 96 / side - 0.5  <=>  u = scale * x + shift
-    side = IMAGE_SIZE / scale
-    x0, y0 = 0.5 - (shift + 0.5) / scale
-    return Square(float(x0), float(y0), float(side))
-
-
-def crop(gray: np.ndarray, square: Square) -> np.ndarray:
-    """The square resized to (96, 96) float32 in [0, 1], Lanczos like the training crops; edge pixels repeat
-    where it leaves the image (as in the data set)."""
-    height, width = gray.shape
-    left, top = int(np.floor(square.x0)), int(np.floor(square.y0))
-    right, bottom = int(np.ceil(square.x0 + square.side)), int(np.ceil(square.y0 + square.side))
-    pad = ((max(0, -top), max(0, bottom - height)), (max(0, -left), max(0, right - width)))
-    region = gray[max(0, top):min(height, bottom), max(0, left):min(width, right)]
-    if region.size == 0:  # entirely outside: nothing to see
-        return np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.float32)
-    if any(any(p) for p in pad):
-        region = np.pad(region, pad, mode="edge")
-    box = (square.x0 - left, square.y0 - top, square.x0 - left + square.side, square.y0 - top + square.side)
-    resized = Image.fromarray(region).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS, box=box)
-    return np.asarray(resized, np.float32) / 255.0
-
-
-def to_image(normalized: np.ndarray, square: Square) -> np.ndarray:
-    """Model output (15, 2) normalized -> pixels of the image."""
-    u = denormalize(normalized).astype(np.float64)
-    return (u + 0.5) * square.side / IMAGE_SIZE - 0.5 + np.array([square.x0, square.y0])
 
 
 def first_square(detection: Detection) -> Square:
@@ -94,9 +47,9 @@ def keypoints_for(grays: list[np.ndarray], squares: list[list[Square]],
     for step in range(refine_steps + 1):
         if not flat:
             break
-        batch = np.stack([crop(grays[i], sq) for (i, _), sq in zip(flat, current, strict=True)])[:, None]
+        batch = np.stack([sq.crop(grays[i]) for (i, _), sq in zip(flat, current, strict=True)])[:, None]
         outputs = run_model(batch)
-        points = [to_image(out, sq) for out, sq in zip(outputs, current, strict=True)]
+        points = [sq.to_image(out) for out, sq in zip(outputs, current, strict=True)]
         if step < refine_steps:
             current = [fit_square(p, MEAN_LAYOUT) for p in points]
     result: list[list[np.ndarray]] = [[] for _ in squares]
@@ -159,4 +112,4 @@ def answer_photos(requests: list[dict[str, Any]], detector: FaceDetector, run_mo
 
 def rescale(points: np.ndarray, scale: float) -> np.ndarray:
     """Keypoints in pixels of a JPEG decoded at 1/scale (decode_photo) -> pixels of the image as sent."""
-    return scale * (np.asarray(points) + 0.5) - 0.5
+    return rescale_pixels(points, scale)

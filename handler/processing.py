@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from facekp.contract import HALF, IMAGE_SIZE, KEYPOINT_NAMES
+from facekp.contract import IMAGE_SIZE, KEYPOINT_NAMES
 from handler import kserve_protocol
+from handler.square import Square
 
 logger = logging.getLogger(__name__)
 
@@ -50,17 +51,12 @@ class RequestError(Exception):
 
 @dataclass(frozen=True)
 class Frame:
-    """Where the model's 96x96 input lies in the image as sent.
-
-    The image is padded to a centred square (edge pixels repeated), then resized to 96x96.
-    A model pixel index p maps back to (p + 0.5) * scale - 0.5 - pad (pixel-centre convention).
-    """
+    """An image as sent (its size) and the square of it the model sees: centred, edge pixels repeated
+    on the short side (Square.around)."""
 
     width: int
     height: int
-    scale: float
-    pad_x: float
-    pad_y: float
+    square: Square
 
 
 @dataclass
@@ -253,23 +249,8 @@ def _to_grayscale(image: Image.Image) -> Image.Image:
 
 def to_model_input(image: Image.Image) -> tuple[np.ndarray, Frame]:
     """Grayscale image -> ((1, 96, 96) float32 in [0, 1], the Frame to map keypoints back)."""
-    width, height = image.size
-    side = max(width, height)
-    pixels = np.asarray(image, dtype=np.uint8)
-    pad_x, pad_y = (side - width) // 2, (side - height) // 2
-    if width != height:
-        pixels = np.pad(pixels, ((pad_y, side - height - pad_y), (pad_x, side - width - pad_x)), mode="edge")
-    if side != IMAGE_SIZE:
-        pixels = np.asarray(Image.fromarray(pixels).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS))
-    tensor = (pixels.astype(np.float32) / 255.0)[None]
-    return tensor, Frame(width, height, side / IMAGE_SIZE, pad_x, pad_y)
-
-
-def to_image_coordinates(normalized: np.ndarray, frame: Frame) -> np.ndarray:
-    """Model output (15, 2) normalized -> (15, 2) pixel coordinates of the image as sent."""
-    model_px = np.asarray(normalized, dtype=np.float64) * HALF + HALF
-    image_px = (model_px + 0.5) * frame.scale - 0.5
-    return image_px - np.array([frame.pad_x, frame.pad_y])
+    frame = Frame(image.width, image.height, Square.around(image.width, image.height))
+    return frame.square.crop(np.asarray(image, dtype=np.uint8))[None], frame
 
 
 def keypoints_json(image_px: np.ndarray, frame: Frame) -> dict[str, Any]:
@@ -334,7 +315,7 @@ def answer_batch(
     if inputs:
         outputs = run_model(np.stack(inputs))
         for slot, output, frame, incoming in zip(slots, outputs, frames, incomings, strict=True):
-            plain = keypoints_json(to_image_coordinates(output, frame), frame)
+            plain = keypoints_json(frame.square.to_image(output), frame)
             replies[slot] = reply_for(slot, incoming, plain, model_name)
     return replies  # type: ignore[return-value]
 

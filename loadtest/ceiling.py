@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from handler.inference import choose_precision, model_runner
-from handler.processing import decode_image, keypoints_json, to_image_coordinates, to_model_input
+from handler.processing import decode_image, keypoints_json, to_model_input
 from loadtest.cpu import busy_cpu_s
 from loadtest.images import Upload
 
@@ -142,7 +142,7 @@ def split(model: Model, uploads: list[Upload]) -> list[dict]:
         out = np.asarray(model(torch.from_numpy(np.stack([t for t, _ in inputs]))))
 
     def postprocess() -> list[str]:  # as the handler answers: compact JSON
-        return [json.dumps(keypoints_json(to_image_coordinates(o, f), f), separators=(",", ":"))
+        return [json.dumps(keypoints_json(f.square.to_image(o), f), separators=(",", ":"))
                 for o, (_, f) in zip(out, inputs, strict=True)]
 
     timed("postprocess + JSON", postprocess, 3, len(inputs))

@@ -20,6 +20,7 @@ from facekp.archive import FACES, KEYPOINTS
 from facekp.contract import KEYPOINT_NAMES
 from facekp.data import REPO_ROOT
 from handler import faces as pipeline
+from handler.square import Square, fit_square
 from tests.conftest import require_data, running_service
 
 PORTRAIT = Image.open(REPO_ROOT / "samples" / "astronaut.png").convert("RGB")
@@ -159,16 +160,16 @@ def test_concurrent_photos_share_batches_and_each_gets_its_own_faces(service):
 def test_fit_square_recovers_the_framing_of_the_mean_layout():
     from facekp.contract import MEAN_LAYOUT
 
-    square = pipeline.Square(x0=100.0, y0=40.0, side=192.0)
+    square = Square(x0=100.0, y0=40.0, side=192.0)
     points = (MEAN_LAYOUT + 0.5) * square.side / 96 - 0.5 + [square.x0, square.y0]
-    fitted = pipeline.fit_square(points, MEAN_LAYOUT)
+    fitted = fit_square(points, MEAN_LAYOUT)
     assert np.allclose([fitted.x0, fitted.y0, fitted.side], [100.0, 40.0, 192.0], atol=1e-6)
     normalized = (MEAN_LAYOUT - 48) / 48
-    assert np.allclose(pipeline.to_image(normalized, fitted), points, atol=1e-4)
+    assert np.allclose(fitted.to_image(normalized), points, atol=1e-4)
 
 
 def test_crop_repeats_edge_pixels_outside_the_image():
     gray = np.full((50, 50), 200, np.uint8)
     gray[:, :5] = 10
-    out = pipeline.crop(gray, pipeline.Square(-50.0, 0.0, 100.0))
+    out = Square(-50.0, 0.0, 100.0).crop(gray)
     assert out.shape == (96, 96) and out[:, :40].max() < 0.1 and out[:, -10:].min() > 0.7

@@ -26,7 +26,7 @@ def test_png_96_is_passed_through_exactly(face, face_pixels):
     tensor, frame = processing.prepare({"body": encode(face, "PNG")})
     assert tensor.shape == (1, IMAGE_SIZE, IMAGE_SIZE) and tensor.dtype == np.float32
     assert np.array_equal((tensor[0] * 255).round().astype(np.uint8), face_pixels)
-    assert frame.scale == 1.0
+    assert frame.square.scale == 1.0
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "LA", "CMYK", "I;16", "1"])
@@ -49,9 +49,9 @@ def test_common_formats(face, fmt):
 def test_coordinates_scale_back_to_the_image_as_sent(face):
     big = face.resize((192, 192), Image.Resampling.LANCZOS)
     _, frame = processing.prepare({"body": encode(big, "PNG")})
-    assert frame.scale == 2.0
+    assert frame.square.scale == 2.0
     # the model's pixel 10 covers pixels 20..21 of the 192 image: centre 20.5
-    pts = processing.to_image_coordinates(normalize(np.full((15, 2), 10.0)), frame)
+    pts = frame.square.to_image(normalize(np.full((15, 2), 10.0)))
     assert np.allclose(pts, 20.5)
 
 
@@ -59,8 +59,8 @@ def test_non_square_is_padded_centred(face):
     wide = Image.new("L", (192, 96))
     wide.paste(face.resize((96, 96)), (48, 0))
     tensor, frame = processing.prepare({"body": encode(wide, "PNG")})
-    assert (frame.width, frame.height, frame.scale, frame.pad_x, frame.pad_y) == (192, 96, 2.0, 0, 48)
-    pts = processing.to_image_coordinates(normalize(np.full((15, 2), 47.75)), frame)
+    assert (frame.width, frame.height, frame.square.scale, -frame.square.x0, -frame.square.y0) == (192, 96, 2.0, 0, 48)
+    pts = frame.square.to_image(normalize(np.full((15, 2), 47.75)))
     assert np.allclose(pts, [96.0, 48.0])
 
 
