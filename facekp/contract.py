@@ -65,9 +65,9 @@ def normalize(pixels: np.ndarray) -> np.ndarray:
     return (np.asarray(pixels, dtype=np.float32) - HALF) / HALF
 
 
-def denormalize(normalized: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+def denormalize(normalized: np.ndarray) -> np.ndarray:
     """The model's normalized coordinates -> pixel coordinates in the 96x96 frame."""
-    return np.asarray(normalized, dtype=dtype) * HALF + HALF
+    return np.asarray(normalized, dtype=np.float32) * HALF + HALF
 
 
 def rescale_pixels(points: np.ndarray, scale: float | np.ndarray, offset: float | np.ndarray = 0.0) -> np.ndarray:

@@ -53,7 +53,7 @@ class Square:
 
     def to_image(self, normalized: np.ndarray) -> np.ndarray:
         """Model output (..., 2) normalized -> pixels of the image."""
-        return rescale_pixels(denormalize(normalized, np.float64), self.scale, np.array([self.x0, self.y0]))
+        return rescale_pixels(denormalize(normalized), self.scale, np.array([self.x0, self.y0]))
 
     def to_crop(self, points: np.ndarray) -> np.ndarray:
         """Pixels of the image (..., 2) -> pixels of the 96x96 crop (the inverse of to_image, before normalizing)."""
@@ -68,6 +68,6 @@ def fit_square(points: np.ndarray, layout: np.ndarray) -> Square:
     scale = float((pc * mc).sum() / max((pc**2).sum(), 1e-9))  # crop pixels per image pixel
     scale = max(scale, 1e-6)
     shift = m.mean(0) - scale * p.mean(0)  # crop pixel = scale * image pixel + shift
-    # the crop's edge (its pixel -0.5) is image pixel x0 - 0.5: x0 is an edge, pixel i spans [i, i + 1)
-    x0, y0 = (-0.5 - shift) / scale + 0.5
+    # the crop's edge, its pixel -0.5, is image pixel x0 - 0.5 (x0 is an edge: pixel i spans [i, i + 1))
+    x0, y0 = 0.5 - (shift + 0.5) / scale
     return Square(float(x0), float(y0), IMAGE_SIZE / scale)
