@@ -10,33 +10,32 @@ from __future__ import annotations
 import json
 import logging
 from http import HTTPStatus
-from typing import Any
 
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from handler.inference import channels_last_on, choose_precision, model_runner
+from handler.inference import prepare_model
 from handler.kserve_protocol import BINARY_HEADER, pass_torchserve_envelopes_through
-from handler.processing import MAX_PIXELS, Reply
+from handler.processing import Reply
+from handler.settings import HandlerSettings
 
 logger = logging.getLogger(__name__)
 
 
 class ModelHandler(BaseHandler):
+    settings_class: type[HandlerSettings] = HandlerSettings
+    """What the `handler:` block of this model's model-config.yaml holds."""
+
     def initialize(self, context) -> None:
         super().initialize(context)
-        self.settings: dict[str, Any] = (getattr(context, "model_yaml_config", None) or {}).get("handler", {})
-        self.max_pixels = int(self.settings.get("max_pixels", MAX_PIXELS))
-        self.threads = int(self.settings.get("torch_threads", 0))
-        if self.threads:  # intra-op threads per worker; see docs/performance.md
-            torch.set_num_threads(self.threads)
+        model_config = getattr(context, "model_yaml_config", None) or {}
+        self.settings = self.settings_class.from_block(model_config.get("handler"))
+        if self.settings.torch_threads:  # intra-op threads per worker; see docs/performance.md
+            torch.set_num_threads(self.settings.torch_threads)
         self.model_name = context.manifest["model"]["modelName"]
-        self.precision = choose_precision(str(self.settings.get("precision", "auto")), self.device)
-        freeze = bool(self.settings.get("freeze", True))  # false: the file's graph as is (benchmarks)
-        self.run_model = model_runner(self.model, self.device, self.precision, freeze)
-        logger.info("%s: keypoint model %s%s%s on %s, %d torch thread(s)", self.model_name, self.precision,
-                    ", frozen" if freeze else "", ", channels-last" if channels_last_on(self.device) else "",
-                    self.device, torch.get_num_threads())
+        self.keypoints = prepare_model(self.model, self.device, self.settings.precision, self.settings.freeze)
+        logger.info("%s: keypoint model %s, %d torch thread(s)", self.model_name, self.keypoints.describe(),
+                    torch.get_num_threads())
         pass_torchserve_envelopes_through()
 
     @staticmethod

@@ -20,6 +20,10 @@ STRIDES = (8, 16, 32)
 ANCHOR_SIDES = ((16, 32), (64, 128), (256, 512))
 CENTER_VARIANCE, SIZE_VARIANCE = 0.1, 0.2
 BGR_MEAN = np.array([104.0, 117.0, 123.0], np.float32)  # the training mean of Pytorch_Retinaface, BGR
+SCORE_THRESHOLD = 0.5
+"""The detector's confidence above which a face counts (docs/photos.md); handler setting score_threshold."""
+MAX_SIDE = 1280
+"""Larger images are detected on a copy of this long side; handler setting detect_max_side."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int
 class FaceDetector:
     """detect(rgb) -> detections, best first. Images larger than max_side are detected on a smaller copy."""
 
-    def __init__(self, score_threshold: float = 0.7, nms_threshold: float = 0.4, max_side: int = 1280,
+    def __init__(self, score_threshold: float = SCORE_THRESHOLD, nms_threshold: float = 0.4, max_side: int = MAX_SIDE,
                  threads: int = 1, device: str = "cpu"):
         import onnxruntime as ort
 

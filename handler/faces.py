@@ -14,13 +14,15 @@ Every face of every image in a call goes through the model together, once per st
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from facekp.contract import KEYPOINT_NAMES, MEAN_LAYOUT, rescale_pixels
-from handler.face_detector import Detection, FaceDetector
+from handler.face_detector import MAX_SIDE, SCORE_THRESHOLD, Detection, FaceDetector
 from handler.processing import MAX_PIXELS, Reply, decode_photo, read_request, reply_for, reply_for_failure
+from handler.settings import HandlerSettings
 from handler.square import Square, fit_square
 
 DETECTOR_LAYOUT = np.array([[31.07, 37.99], [63.30, 37.31], [47.17, 56.34], [34.46, 73.30], [60.72, 72.75]])
@@ -31,6 +33,17 @@ MAX_FACES = 50
 """Faces answered per image (the largest); handler setting max_faces."""
 
 REFINE_STEPS = 1
+
+
+@dataclass(frozen=True)
+class FacesSettings(HandlerSettings):
+    """The `handler:` block of faces-config.yaml: the keypoint model's settings and the photo path's."""
+
+    max_faces: int = MAX_FACES
+    refine_steps: int = REFINE_STEPS
+    """Re-frame each face from its predicted keypoints and predict again, this many times."""
+    score_threshold: float = SCORE_THRESHOLD
+    detect_max_side: int = MAX_SIDE
 
 
 def first_square(detection: Detection) -> Square:

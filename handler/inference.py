@@ -5,13 +5,15 @@ a 2-core Xeon with AMX it runs the shipped model 2.3x faster in-process with the
 score (docs/performance.md). Elsewhere, on other CPUs and on GPUs, float32. On CUDA the weights and
 inputs are channels-last: the NCHW bilinear upsampling kernel of the heatmap head took 84 % of an
 H200's time on the shipped file (3.2 k faces/s), channels-last takes the NHWC kernel (25.6 k,
-answers within 0.004 px). The handlers pick the path once at start and log it.
+answers within 0.004 px). Every server loads the model through load_model or prepare_model, which pick the
+path once at start; the servers log it.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -95,3 +97,34 @@ def model_runner(model: torch.nn.Module, device: torch.device, precision: str, f
             return model(torch.from_numpy(batch).to(device, memory_format=layout)).float().cpu().numpy()
 
     return run
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The keypoint model ready to answer, and how it runs (for the servers' logs)."""
+
+    run: Callable[[np.ndarray], np.ndarray]
+    """batch (N, 1, 96, 96) float32 -> (N, 15, 2) float32 normalized keypoints."""
+    device: torch.device
+    precision: str
+    frozen: bool
+
+    def describe(self) -> str:
+        return (f"{self.precision}{', frozen' if self.frozen else ''}"
+                f"{', channels-last' if channels_last_on(self.device) else ''} on {self.device}")
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device, precision: str = "auto",
+                  freeze: bool = True) -> ServedModel:
+    """A loaded TorchScript model ready to serve: the precision the setting (auto / fp32 / bf16) picks on this
+    device (choose_precision), frozen unless freeze is False (benchmarks of the file's graph as is).
+    TorchServe's handlers call it on the model BaseHandler loaded for their worker's device."""
+    chosen = choose_precision(precision, device)
+    return ServedModel(model_runner(model, device, chosen, freeze), device, chosen, freeze)
+
+
+def load_model(model_file: Path, device: torch.device | None = None, precision: str = "auto",
+               freeze: bool = True) -> ServedModel:
+    """The TorchScript file ready to serve (prepare_model) on `device`; None: the GPU where there is one."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return prepare_model(torch.jit.load(str(model_file), map_location=device).eval(), device, precision, freeze)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from handler.inference import choose_precision, model_runner
+from handler.inference import load_model
 from handler.processing import decode_image, keypoints_json, to_model_input
 from loadtest.cpu import busy_cpu_s
 from loadtest.images import Upload
@@ -26,9 +26,7 @@ Model = Callable[[torch.Tensor], np.ndarray]
 
 def handler_model(model_file: Path, precision: str = "auto") -> Model:
     """The model as the handlers run it: frozen, in the precision they pick on this machine (handler.inference)."""
-    cpu = torch.device("cpu")
-    run = model_runner(torch.jit.load(str(model_file), map_location="cpu").eval(), cpu,
-                       choose_precision(precision, cpu))
+    run = load_model(model_file, torch.device("cpu"), precision).run
     return lambda x: run(x.numpy())
 
 

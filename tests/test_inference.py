@@ -9,7 +9,7 @@ from PIL import Image
 
 from facekp.archive import MODEL_FILE
 from facekp.data import REPO_ROOT
-from handler.inference import channels_last_on, choose_precision, cpu_flags, for_inference, model_runner
+from handler.inference import channels_last_on, choose_precision, cpu_flags, for_inference, load_model, model_runner
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda")
 
@@ -77,3 +77,11 @@ def test_channels_last_answers_what_the_file_answers(freeze):
         plain = torch.jit.load(str(MODEL_FILE)).eval()(torch.from_numpy(x)).numpy()
     run = model_runner(torch.jit.load(str(MODEL_FILE)).eval(), CPU, "fp32", freeze=freeze, channels_last=True)
     assert np.abs(run(x) - plain).max() * 48 < 0.01  # under a hundredth of a pixel of the 96x96 frame
+
+
+def test_load_model_is_model_runner_in_the_precision_it_chose():
+    x = np.random.default_rng(0).random((3, 1, 96, 96), dtype=np.float32)
+    served = load_model(MODEL_FILE, CPU, "fp32")
+    assert (served.precision, served.frozen, served.device) == ("fp32", True, CPU)
+    assert np.array_equal(served.run(x), model_runner(torch.jit.load(str(MODEL_FILE)).eval(), CPU, "fp32")(x))
+    assert load_model(MODEL_FILE, CPU).precision == choose_precision("auto", CPU)

@@ -1,0 +1,31 @@
+"""The keypoint servers' settings: the `handler:` block of a model-config.yaml, with the one default of each.
+
+TorchServe hands the block to its handlers (context.model_yaml_config); the kserve predictor reads
+the same file (handler.kserve_server). A key that is absent takes the default written here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Self
+
+from handler.processing import MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class HandlerSettings:
+    max_pixels: int = MAX_PIXELS
+    torch_threads: int = 0
+    """Intra-op threads per worker; 0: torch's default (docs/performance.md)."""
+    precision: str = "auto"
+    """auto: bf16 where the CPU has AMX or AVX-512 BF16, else fp32 (handler.inference)."""
+    freeze: bool = True
+    """False: the file's graph as is (benchmarks)."""
+
+    @classmethod
+    def from_block(cls, block: Mapping[str, Any] | None) -> Self:
+        """The settings a `handler:` block gives, each as its default's type; keys these settings do not
+        know are left to others."""
+        block = block or {}
+        return cls(**{f.name: type(f.default)(block[f.name]) for f in fields(cls) if f.name in block})
