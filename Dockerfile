@@ -81,6 +81,7 @@ RUN /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements-kserve.txt \
     && rm /tmp/requirements-kserve.txt
 COPY facekp/ /opt/facekp/app/facekp/
 COPY handler/ /opt/facekp/app/handler/
+COPY config/model-config.yaml /opt/facekp/app/config/model-config.yaml
 COPY model_store/keypoints.pt /opt/facekp/app/model_store/keypoints.pt
 USER 10001:10001
 WORKDIR /opt/facekp/app

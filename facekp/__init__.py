@@ -1,1 +1,1 @@
-"""Facial keypoint detection: the pieces shared by training, the TorchServe handler and clients."""
+"""Facial keypoint detection: the model's contract, data and clients, and building and running the service."""

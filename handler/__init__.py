@@ -1,1 +1,1 @@
-"""TorchServe handler for the keypoint model: plain processing functions and a thin class."""
+"""What serves the keypoint model: request-to-answer functions, the TorchServe handlers, the kserve predictor."""

@@ -1,6 +1,6 @@
 """KServe's request and answer forms, as plain functions: Open Inference Protocol v2 and KServe v1.
 
-Every server of the model (TorchServe's handler, the kserve predictor in handler/kserve_server.py)
+Every server of the model (TorchServe's handler, the kserve predictor in handler/kserve_model.py)
 reads a JSON request through `image_from_kserve` and wraps the plain answer with `kserve_answer`, so
 the protocols' numbers are exactly the plain answer's. One image per request:
 

@@ -105,7 +105,10 @@ def test_kserve_target_runs_the_predictor_as_non_root_on_8080_and_grpc_on_8081()
     assert cmd[cmd.index("--grpc_port") + 1] == "8081"
     (check,) = [a for kind, a in steps if kind == "HEALTHCHECK"]
     assert "/v2/health/ready" in check
-    assert "requirements-kserve.txt /tmp/requirements-kserve.txt" in [a for kind, a in steps if kind == "COPY"]
+    copied = [a for kind, a in steps if kind == "COPY"]
+    assert "requirements-kserve.txt /tmp/requirements-kserve.txt" in copied
+    # its settings: the same model-config.yaml as TorchServe's handler, where handler.kserve_server looks for it
+    assert "config/model-config.yaml /opt/facekp/app/config/model-config.yaml" in copied
     assert not _dockerignored("requirements-kserve.txt")
 
 
