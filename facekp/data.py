@@ -143,20 +143,6 @@ def split_by_person(data: FaceData, fold: int = -1, folds: int = 5) -> tuple[Fac
     return data.subset(np.flatnonzero(~val)), data.subset(np.flatnonzero(val))
 
 
-def keep_people(data: FaceData, fraction: float, seed: int = 0) -> FaceData:
-    """The faces of a seeded share of the people, for a learning curve: how much more people help.
-
-    People are ranked by one seeded permutation, so a smaller share is always inside a larger one
-    and the curve's points differ only by the people added.
-    """
-    if not 0 < fraction <= 1:
-        raise ValueError(f"the share of people to keep must be in (0, 1], not {fraction}")
-    people = np.unique(data.people)
-    order = np.random.default_rng(seed).permutation(len(people))
-    kept = people[order[: max(1, round(fraction * len(people)))]]
-    return data.subset(np.flatnonzero(np.isin(data.people, kept)))
-
-
 def complete_rows(data: FaceData) -> np.ndarray:
     """Mask of rows whose 15 keypoints are all labelled."""
     return np.isfinite(data.keypoints).all(axis=(1, 2))

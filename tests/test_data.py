@@ -16,19 +16,6 @@ def test_split_is_by_person_and_deterministic(faces):
     assert list(again.people) == list(val.people)
 
 
-def test_a_share_of_the_people_keeps_whole_people_inside_every_larger_share(faces):
-    train, _ = facedata.split_by_person(faces, fold=4, folds=5)
-    people = set(train.people)
-    half, most = facedata.keep_people(train, 0.5), facedata.keep_people(train, 0.7)
-    assert len(set(half.people)) == round(0.5 * len(people))
-    assert set(half.people) < set(most.people) < people
-    for kept in (half, most):  # every face of a kept person, none of the others
-        assert len(kept) == sum(p in set(kept.people) for p in train.people)
-    assert set(facedata.keep_people(train, 0.5, seed=1).people) != set(half.people)
-    with pytest.raises(ValueError, match="share"):
-        facedata.keep_people(train, 0)
-
-
 def test_person_of_strips_frame_number():
     assert facedata.person_of("training/Luis_Fonsi_21.jpg") == "Luis_Fonsi"
     assert facedata.person_of("test/Kristen_Breitweiser_0.jpg") == "Kristen_Breitweiser"

@@ -15,22 +15,12 @@ from facekp import metrics
 from facekp.contract import HALF, KEYPOINT_NAMES, denormalize, normalize
 from facekp.data import REPO_ROOT
 from handler.inference import choose_precision
+from train.config import Config
+from train.exported import COMMITTED_TEACHERS, exported_networks, load_teacher, predict, to_tensors
+from train.loop import Faces, lr_at, replayed_views, train_network, training_device, training_precision
 from train.model import KeypointNet, ServingModel, shift_views, shifted
-from train.run import (
-    COMMITTED_TEACHERS,
-    _mirror_with_taught,
-    _replayed_views,
-    build_teacher,
-    exported_networks,
-    load_teacher,
-    lr_at,
-    parse_args,
-    predict,
-    to_tensors,
-    train_network,
-    training_device,
-    training_precision,
-)
+from train.recipe import QUICK, SERVED_VIEWS, STUDENT, TEACHER_LONG, TEACHER_SHORT, Stage
+from train.run import parse_args
 from train.studies.views_probe import turned, view_answer
 
 
@@ -44,13 +34,18 @@ def test_quick_training_writes_a_standalone_torchscript_model(tmp_path, needs_da
     card = json.loads((out / "model_card.json").read_text())
     assert card["validation"]["score"] > 0 and len(card["validation"]["rmse_px_per_keypoint"]) == 15
     assert card["parameters"] < 5_000_000 and card["size_bytes"] < 20_000_000
-    assert card["torch"] == torch.__version__ and card["config"]["epochs"] == 3 and "CPU cores" in card["machine"]
+    assert card["torch"] == torch.__version__ and card["network"]["epochs"] == 3 and "CPU cores" in card["machine"]
     assert card["device"] == ("cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(0))
     assert card["command"].startswith("python train/run.py --quick --out ")
     # --quick: one teacher network, then the student distilled from it is what is exported, with its mirrored pass
-    # and its two moved views (each mirrored too): six passes.
-    assert card["members"] == 1 and len(card["validation"]["score_per_member"]) == 1
-    assert "[member 1/1] epoch   3/3" in result.stdout and "[student] epoch   3/3" in result.stdout
+    # and its two moved views (each mirrored too): six passes. Every stage's command and time is on the card.
+    assert [stage["stage"] for stage in card["stages"]] == ["teacher quick", "student"]
+    assert all(stage["command"] == card["command"] and stage["minutes"] > 0 for stage in card["stages"])
+    assert "[teacher quick] epoch   3/3" in result.stdout and "[student] epoch   3/3" in result.stdout
+    teacher_card = json.loads((out / "teachers" / "quick.json").read_text())
+    assert teacher_card["network_passes_per_face"] == 2
+    assert teacher_card["network"]["widths"] == list(QUICK.teachers[0].widths)
+    assert card["teacher"]["source"] == str(out / "teachers" / "quick.pt")
     assert card["network_passes_per_face"] == 6 and card["teacher"]["validation_score"] > 0
     assert card["validation"]["score_without_flip_tta"] > 0  # the bare pass, beside the six
     assert not card["validation"]["seen_in_training"]  # --quick validates on the split's held-out people
@@ -150,24 +145,6 @@ def test_shifted_views_average_each_views_mirrored_answer_and_trace():
         assert (ServingModel(net)(x) - expected).abs().max() > 1e-5  # the moved views change the answer
 
 
-def test_a_teacher_with_moved_views_answers_the_mean_of_its_moved_answers(tmp_path):
-    torch.manual_seed(0)
-    net = KeypointNet((4, 8, 8, 8), (1, 1, 1, 1)).eval()
-    torch.jit.trace(ServingModel(net), torch.rand(2, 1, 96, 96)).save(str(tmp_path / "t.pt"))
-    x = torch.rand(3, 1, 96, 96)
-    for args, nets in ((["--members", "0", "--teacher", str(tmp_path / "t.pt")], []),  # a file
-                       (["--members", "1"], [net])):  # or this run's members
-        plain = build_teacher(parse_args(args), nets)
-        moved = build_teacher(parse_args([*args, "--teacher-tta-shift", "2"]), nets)
-        with torch.no_grad():
-            expected = torch.stack([plain(shifted(x, dx, dy)) - torch.tensor([dx, dy]) / HALF
-                                    for dx, dy in shift_views(2)]).mean(0)
-            assert torch.allclose(moved(x), expected, atol=1e-5)
-            assert (plain(x) - expected).abs().max() > 1e-5
-    with pytest.raises(SystemExit):
-        parse_args(["--teacher-tta-shift", "-1"])
-
-
 def test_label_mirror_is_an_involution_and_geometric_at_zero_offset():
     from facekp.contract import FLIP_PERMUTATION, MIRROR_X_SHIFT
 
@@ -186,15 +163,14 @@ def test_one_cross_validation_fold_validates_its_own_people(tmp_path, faces):
     card_path = tmp_path / "model_card.json"
     card_path.write_text('{"model_file": "keypoints.pt"}')
     result = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "cv.py"), "--folds", "5", "--only", "2",
-                             "--out", str(out), "--card", str(card_path), "--", "--quick", "--members", "1",
-                             "--epochs", "1"],
+                             "--out", str(out), "--card", str(card_path), "--", "--quick"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "cv.json").read_text())
     recorded = json.loads(card_path.read_text())
     assert recorded["model_file"] == "keypoints.pt"
     assert recorded["cross_validation"]["pooled_score"] == summary["pooled_score"]
-    assert recorded["cross_validation"]["train_args"] == ["--quick", "--members", "1", "--epochs", "1"]
+    assert recorded["cross_validation"]["train_args"] == ["--quick"]
     _, fold_people = facedata.split_by_person(faces, 2, 5)
     assert summary["folds_done"] == [2] and summary["faces"] == len(fold_people)
     assert set(summary["per_person_score"]) == set(fold_people.people)
@@ -220,7 +196,6 @@ def test_one_cross_validation_fold_validates_its_own_people(tmp_path, faces):
 
 
 CV_FOLD = ["--folds", "5", "--only", "2"]
-QUICK_CV = ["--quick", "--epochs", "1", "--student-epochs", "1"]
 
 
 def _cv(*args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -235,24 +210,26 @@ def _mirror(source, target, *args: str, **kwargs) -> subprocess.CompletedProcess
 
 @pytest.fixture(scope="module")
 def cv_students(tmp_path_factory, faces):
-    """Fold 2's teacher, then its student distilled from it (quick runs): (teachers, students) run dirs."""
+    """Fold 2's quick recipe (its teacher, then its student), and a second student distilled from that fold's
+    teacher file: (recipe, students) run dirs."""
     root = tmp_path_factory.mktemp("cv")
-    teachers, students = root / "teachers", root / "students"
-    _cv("--out", str(teachers), "--", *QUICK_CV, "--no-student", check=True)
-    result = _cv("--out", str(students), "--", *QUICK_CV, "--members", "0", "--no-student-flip-tta",
-                 "--teacher", str(teachers / "fold_{fold}" / "keypoints.pt"))
+    recipe, students = root / "recipe", root / "students"
+    _cv("--out", str(recipe), "--", "--quick", check=True)
+    result = _cv("--out", str(students), "--", "--quick", "--teachers",
+                 str(recipe / "fold_{fold}" / "teachers" / "quick.pt"))
     assert result.returncode == 0, result.stderr
-    return teachers, students
+    return recipe, students
 
 
 def test_a_cross_validated_student_distils_from_the_teacher_of_its_own_fold(tmp_path, cv_students):
     teachers, students = cv_students
     card = json.loads((students / "fold_2" / "model_card.json").read_text())
-    assert card["teacher"]["source"] == str(teachers / "fold_2" / "keypoints.pt")
+    assert card["teacher"]["source"] == str(teachers / "fold_2" / "teachers" / "quick.pt")
+    assert [stage["stage"] for stage in card["stages"]] == ["teacher quick", "student"]
+    assert card["stages"][0]["command"].startswith("python train/cv.py --folds 5 --only 2 --out ")  # its own card's
     assert card["data"]["split"].endswith("(fold 2 of 5)")
     assert card["command"].startswith("python train/cv.py --folds 5 --only 2 --out ")  # the command that ran
-    missing = _cv("--out", str(tmp_path / "none"), "--", *QUICK_CV, "--members", "0",
-                  "--teacher", str(tmp_path / "fold_{fold}.pt"))
+    missing = _cv("--out", str(tmp_path / "none"), "--", "--quick", "--teachers", str(tmp_path / "fold_{fold}.pt"))
     assert missing.returncode == 2 and "fold_2.pt: no such file" in missing.stderr
 
 
@@ -272,36 +249,36 @@ def test_a_mirrored_student_is_the_same_network_with_its_mirrored_pass(tmp_path,
     mirrored = tmp_path / "mirrored"
     _mirror(students, mirrored, check=True)
     card = json.loads((mirrored / "fold_2" / "model_card.json").read_text())
-    assert card["network_passes_per_face"] == 2 and card["config"]["student_flip_tta"]
+    assert card["network_passes_per_face"] == 2 and card["views"] == {"flip": True, "shift": 0}
     assert card["validation"]["score_without_flip_tta"] == pytest.approx(
-        json.loads((students / "fold_2" / "model_card.json").read_text())["validation"]["score"])
+        json.loads((students / "fold_2" / "model_card.json").read_text())["validation"]["score_without_flip_tta"])
     _, val = facedata.split_by_person(faces, fold=2, folds=5)
     images = torch.from_numpy(val.images[:16]).float().div(255).unsqueeze(1)
-    one_pass = torch.jit.load(str(students / "fold_2" / "keypoints.pt"))
+    six_views = torch.jit.load(str(students / "fold_2" / "keypoints.pt"))
     two_pass = torch.jit.load(str(mirrored / "fold_2" / "keypoints.pt"))
     with torch.inference_mode():
-        direct, both = one_pass(images), two_pass(images)
+        direct, both = six_views(images), two_pass(images)
     saved = np.load(mirrored / "fold_2" / "predictions.npz")
     assert np.allclose(denormalize(both.numpy()), saved["pred"][:16], atol=1e-3)
-    assert not np.allclose(both, direct, atol=1e-4)  # the mirrored pass changes the answer
+    assert not np.allclose(both, direct, atol=1e-4)  # the moved views change the answer
     assert _cv("--out", str(mirrored), "--summary", check=True).returncode == 0  # what trained it stays on record
     recipe = json.loads((mirrored / "cv.json").read_text())["fold_commands"][0]
     assert recipe.startswith("python train/cv.py") and "then train/studies/mirror.py of " in recipe
-    refused = _mirror(teachers, tmp_path / "t")
-    assert refused.returncode == 2 and "is not a student" in refused.stderr
+    refused = _mirror(teachers / "fold_2" / "teachers", tmp_path / "t")  # teachers' cards, no model_card.json
+    assert refused.returncode == 2 and "has neither a model_card.json nor a finished fold" in refused.stderr
 
 
 def test_the_views_probe_scores_a_folds_network_with_each_shift_on_the_folds_people(cv_students, faces):
     teachers, _ = cv_students
     result = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "studies" / "views_probe.py"),
-                             str(teachers / "fold_2" / "keypoints.pt"), "--max-shift", "1"],
+                             str(teachers / "fold_2" / "teachers" / "quick.pt"), "--max-shift", "1"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     _, val = facedata.split_by_person(faces, fold=2, folds=5)
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"1 network(s), {len(val)} faces of {len(set(val.people))} people")
     as_it_is = float(lines[1].split()[-1])
-    recorded = json.loads((teachers / "fold_2" / "model_card.json").read_text())["validation"]["score"]
+    recorded = json.loads((teachers / "fold_2" / "teachers" / "quick.json").read_text())["validation"]["score"]
     assert as_it_is == pytest.approx(recorded, abs=0.05)  # the file's own score, printed to 0.1
     assert lines[2].startswith("and moved ±1 px") and float(lines[2].split()[-1]) > 0  # a one-epoch net: ~the same
 
@@ -313,7 +290,7 @@ def test_a_student_already_trained_is_given_views_moved_by_a_shift(tmp_path, cv_
     assert result.returncode == 0, result.stderr
     assert "with its mirrored pass and views moved 2 px" in result.stdout
     card = json.loads((moved / "model_card.json").read_text())
-    assert card["network_passes_per_face"] == 6 and card["config"]["student_tta_shift"] == 2
+    assert card["network_passes_per_face"] == 6 and card["views"] == {"flip": True, "shift": 2}
     (net,), mirrored = exported_networks(moved / "keypoints.pt")  # the card rebuilds the file (checked inside)
     assert mirrored
     _, val = facedata.split_by_person(faces, fold=2, folds=5)
@@ -346,33 +323,51 @@ def test_missing_data_is_a_clear_error(tmp_path):
     assert "data set not found" in result.stderr and "Accepted formats" in result.stderr
 
 
-def test_the_default_is_the_shipped_recipe_from_the_committed_teachers():
+def test_the_default_trains_the_whole_recipe_and_its_parts_are_what_the_shipped_files_were_trained_with():
     cfg = parse_args([])
-    assert cfg.members == 0 and cfg.all_people and cfg.student_flip_tta
-    assert [Path(path).resolve() for path in cfg.teacher.split("+")] == [*COMMITTED_TEACHERS]
+    assert cfg.teachers == "" and cfg.all_people and not cfg.quick  # teachers, then student, on every person
+    assert [Path(path).resolve() for path in parse_args(["--from-teachers"]).teachers.split("+")] == [
+        *COMMITTED_TEACHERS]
     shipped = json.loads((REPO_ROOT / "model_store" / "model_card.json").read_text())["config"]
-    for key in ("lr_floor", "weight_decay", "student_epochs", "distill", "augment"):  # what the shipped run was given
+    for key in ("weight_decay", "distill", "augment", "aux68", "view_reuse", "lr", "batch_size", "ema_decay"):
         assert shipped[key] == dataclasses.asdict(cfg)[key], key
-    assert parse_args(["--members", "2"]).teacher == ""  # members of its own: their student learns from them
+    assert (shipped["student_epochs"], shipped["lr_floor"], tuple(shipped["student_widths"])) == (
+        STUDENT.epochs, STUDENT.lr_floor, STUDENT.widths)
+    assert (shipped["student_flip_tta"], shipped["student_tta_shift"]) == (SERVED_VIEWS.flip, SERVED_VIEWS.shift)
+    assert shipped["seed"] * (shipped["members"] + 1) == STUDENT.seed  # the old runs' seed rule
+    for stage, path in zip((TEACHER_LONG, TEACHER_SHORT), COMMITTED_TEACHERS, strict=True):
+        config = json.loads(path.with_suffix(".json").read_text())["config"]
+        assert (config["epochs"], config["lr_floor"], tuple(config["widths"])) == (
+            stage.epochs, stage.lr_floor, stage.widths), path
+        assert config["seed"] * (config["members"] + 1) == stage.seed, path
+        for key in ("weight_decay", "aux68", "lr", "batch_size", "ema_decay", "augment"):
+            assert config[key] == dataclasses.asdict(cfg)[key], (path, key)
 
 
-@pytest.mark.parametrize("args", [["--no-all-people"], ["--fold", "1"], ["--teacher", "train/teachers/long.pt",
-                                                                           "--no-all-people"]])
+def test_the_config_holds_product_settings_only():
+    """Experiments measured and not adopted stay in the ablation table and the records, not in the flags."""
+    assert len(dataclasses.fields(Config)) <= 20
+
+
+@pytest.mark.parametrize("args", [["--from-teachers", "--no-all-people"], ["--from-teachers", "--fold", "1"],
+                                  ["--teachers", "train/teachers/long.pt", "--no-all-people"]])
 def test_the_committed_teachers_are_refused_to_a_run_that_validates_on_held_out_people(tmp_path, args):
     """They trained on every person: a student of theirs would be scored on faces its teacher saw."""
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "run.py"), "--members", "0", *args,
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "run.py"), *args,
                              "--out", str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert result.returncode == 2
     assert "trained on every person" in result.stderr
     assert not (tmp_path / "model_card.json").exists()
 
 
+TINY = Stage("tiny", widths=(8, 16, 32, 64), epochs=3, seed=0, lr_floor=0.25, blocks=(1, 1, 1, 1))
+
+
 def test_scoring_the_validation_faces_less_often_changes_nothing_that_is_learned(faces):
     x, y = to_tensors(faces)
-    cfg = parse_args(["--quick"])
+    cfg, tiny = parse_args(["--quick"]), Faces(x[:96], y[:96], x[96:160], faces.keypoints[96:160])
     (every_epoch, scored_each), (fewer, scored_fewer) = (
-        train_network(dataclasses.replace(cfg, val_every=every), 0, "[tiny]", 3, x[:96], y[:96], x[96:160],
-                      faces.keypoints[96:160], use_aux=False, precision="fp32") for every in (1, 2))
+        train_network(dataclasses.replace(cfg, val_every=every), TINY, tiny, "fp32", "[tiny]") for every in (1, 2))
     for name, value in every_epoch.state_dict().items():
         assert torch.equal(value, fewer.state_dict()[name]), name
     assert [h["train_loss"] for h in scored_each] == [h["train_loss"] for h in scored_fewer]
@@ -383,8 +378,10 @@ def test_scoring_the_validation_faces_less_often_changes_nothing_that_is_learned
 
 
 def test_contradictory_flags_are_refused_before_any_work(tmp_path):
-    for args, message in ((["--no-student"], "--no-student exports the networks it trains"),
-                          (["--val-every", "0"], "--val-every is a number of epochs"),
+    for args, message in ((["--from-teachers", "--teachers", "a.pt"], "give it or --teachers, not both"),
+                          (["--val-every", "0"], "--val-every are numbers of epochs"),
+                          (["--view-reuse", "0"], "--view-reuse and --val-every are numbers of epochs"),
+                          (["--teachers", "missing.pt"], "--teachers missing.pt: no such file"),
                           (["--fold", "1", "--all-people"], "cannot also train on --all-people"),
                           (["--device", "gpu"], "--device is auto, cuda or cpu")):
         result = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "run.py"), *args, "--out", str(tmp_path)],
@@ -403,25 +400,25 @@ class ShiftedMeanFace(torch.nn.Module):
         return self.answer.expand(x.shape[0], -1, -1) + 0 * x.mean()
 
 
-@pytest.mark.parametrize("views", ["live", "cached", "live --view-reuse 2"])
-def test_the_student_learns_the_teachers_answers_not_only_the_labels(tmp_path, faces, views):
+@pytest.mark.parametrize("reuse", ["1", "2"])
+def test_the_student_learns_the_teachers_answers_not_only_the_labels(tmp_path, faces, reuse):
     shift = 0.25  # 12 px to the right, in normalized coordinates
     mean = torch.from_numpy(normalize(np.nanmean(faces.keypoints, axis=0))).float()
     teacher = torch.jit.script(ShiftedMeanFace(mean + torch.tensor([shift, 0.0])))
     teacher.save(str(tmp_path / "teacher.pt"))
     out = tmp_path / "student"
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "run.py"), "--quick", "--members", "0",
-                             "--teacher", str(tmp_path / "teacher.pt"), "--distill", "1", "--aug-flip", "0",
-                             "--no-student-flip-tta",  # its mirrored pass would cancel a shift to one side
-                             "--teacher-views", *views.split(), "--out", str(out)],
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "run.py"), "--quick",
+                             "--teachers", str(tmp_path / "teacher.pt"), "--distill", "1", "--aug-flip", "0",
+                             "--view-reuse", reuse, "--out", str(out)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "[member" not in result.stdout and "[student] epoch   3/3" in result.stdout
+    assert "[teacher" not in result.stdout and "[student] epoch   3/3" in result.stdout
     card = json.loads((out / "model_card.json").read_text())
-    assert card["members"] == 0 and card["teacher"]["source"].endswith("teacher.pt")
+    assert card["teacher"]["source"].endswith("teacher.pt") and len(card["stages"]) == 2  # the file, the student
     _, val = facedata.split_by_person(faces)
+    (net,), _ = exported_networks(out / "keypoints.pt")  # the bare pass: a mirrored one would cancel the shift
     with torch.no_grad():
-        pred = torch.jit.load(str(out / "keypoints.pt"))(torch.from_numpy(val.images[:64, None] / 255).float())
+        pred = ServingModel(net, flip=False)(torch.from_numpy(val.images[:64, None] / 255).float())
     x_offset = float((pred[..., 0] - torch.from_numpy(normalize(val.keypoints[:64]))[..., 0]).nanmean())
     assert x_offset > shift / 2, f"the student sits {x_offset:.3f} right of the labels, the teacher {shift}"
 
@@ -434,11 +431,11 @@ def test_a_teacher_of_several_models_answers_their_mean_and_each_must_exist(tmp_
     answer = load_teacher(both).to(memory_format=torch.channels_last)(torch.rand(4, 1, 96, 96))
     assert torch.allclose(answer[..., 0], torch.full((4, 15), 0.1))  # (0.3 - 0.1) / 2
     assert torch.allclose(answer[..., 1], torch.zeros(4, 15))
-    assert parse_args(["--members", "0", "--teacher", both]).teacher == both
+    assert parse_args(["--teachers", both]).teachers == both
     with pytest.raises(SystemExit):
-        parse_args(["--members", "0", "--teacher", f"{tmp_path / 'a.pt'}+{tmp_path / 'missing.pt'}"])
-    with pytest.raises(SystemExit):  # without a card there are no networks to run without their mirrored pass
-        parse_args(["--members", "0", "--teacher", both, "--no-teacher-flip"])
+        parse_args(["--teachers", f"{tmp_path / 'a.pt'}+{tmp_path / 'missing.pt'}"])
+    with pytest.raises(ValueError, match="no model card"):  # no networks to run without their mirrored pass
+        load_teacher(both, flip=False)
 
 
 def test_a_teacher_without_its_mirrored_pass_runs_each_network_once_on_each_view():
@@ -490,18 +487,6 @@ def test_the_committed_teachers_are_the_shipped_models_teachers(faces):
     assert metrics.score(pred, val.keypoints) == pytest.approx(shipped["teacher"]["validation_score"], rel=1e-3)
 
 
-def test_the_teachers_cached_keypoints_mirror_with_the_labels():
-    """--teacher-views cached: a mirrored face gets mirrored teacher keypoints, and mirroring twice is the identity."""
-    net = KeypointNet((8, 8, 8, 8), (1, 1, 1, 1), extra_points=68)
-    with torch.no_grad():
-        net.label_offset.normal_(0, 0.02)
-    labels, taught = torch.randn(4, 83, 2), torch.randn(4, 15, 2)
-    both = _mirror_with_taught(net, torch.cat([labels, taught], 1))
-    torch.testing.assert_close(both[:, :83], net.mirror(labels))
-    torch.testing.assert_close(both[:, 83:], net.mirror(torch.cat([taught, labels[:, 15:]], 1))[:, :15])
-    torch.testing.assert_close(_mirror_with_taught(net, both), torch.cat([labels, taught], 1))
-
-
 def test_replayed_views_are_the_kept_ones_reshuffled_and_a_mirrored_view_has_mirrored_answers():
     """--view-reuse: a replayed epoch shows each kept view once; a view mirrored on replay gets the mirrored
     labels (carrying the label offset's gradient) and the teacher's answer mirrored alike."""
@@ -510,7 +495,7 @@ def test_replayed_views_are_the_kept_ones_reshuffled_and_a_mirrored_view_has_mir
         net.label_offset.normal_(0, 0.02)
     images, labels, answers = torch.rand(10, 1, 96, 96), torch.randn(10, 83, 2), torch.randn(10, 15, 2)
     seen = []
-    for view, label, answer in _replayed_views([(images, labels, answers)], 4, 0.5, torch.Generator().manual_seed(0),
+    for view, label, answer in replayed_views([(images, labels, answers)], 4, 0.5, torch.Generator().manual_seed(0),
                                                net.mirror):
         assert view.is_contiguous(memory_format=torch.channels_last) and len(view) <= 4
         for v, lab, ans in zip(view, label.detach(), answer, strict=True):
@@ -525,14 +510,6 @@ def test_replayed_views_are_the_kept_ones_reshuffled_and_a_mirrored_view_has_mir
         assert label.requires_grad == any(m for _, m in seen[-len(view):])
     assert sorted(i for i, _ in seen) == list(range(10))
     assert 0 < sum(m for _, m in seen) < 10
-
-
-def test_view_reuse_needs_live_teacher_views():
-    assert parse_args(["--members", "0", "--teacher-views", "cached"]).view_reuse == 1  # the default gives way
-    assert parse_args(["--members", "0", "--view-reuse", "2"]).view_reuse == 2
-    for argv in (["--view-reuse", "0"], ["--members", "0", "--view-reuse", "2", "--teacher-views", "cached"]):
-        with pytest.raises(SystemExit):
-            parse_args(argv)
 
 
 def test_the_learning_rate_warms_up_then_decays_to_its_floor():

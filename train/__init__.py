@@ -1,1 +1,3 @@
-"""The shipped model's training: the recipe (run.py), network, augmentation, cross-validation and figures."""
+"""Product training: `run.py` trains the recipe named in `recipe.py` end to end, from a library of the network
+(`model.py`), augmentation, the loop (`loop.py`) and the exported file with its card (`exported.py`); `cv.py`
+estimates a recipe over five folds of people, `report.py` draws its figures. Studies live in `studies/`."""

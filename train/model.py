@@ -1,9 +1,9 @@
 """The keypoint network: a small residual CNN, cheap at 96x96 on a CPU.
 
 A stride-2 stem brings the face to 48x48 at once; four residual stages halve it down to
-6x6. Two heads are available: direct regression from the 6x6 features, or heatmaps at
-24x24 read out by a soft-argmax (integral regression), which keeps the translation
-equivariance of the convolutions up to the output.
+6x6. The head fuses the 24x24, 12x12 and 6x6 features into heatmaps at 24x24, read out by a
+soft-argmax (integral regression), which keeps the translation equivariance of the
+convolutions up to the output.
 """
 
 from __future__ import annotations
@@ -65,11 +65,11 @@ class KeypointNet(nn.Module):
     extra_points > 0 adds auxiliary targets (the 68-point labels) that share the trunk.
     """
 
+    HEATMAP_SIZE = 24  # the 24x24 stage's resolution
+
     def __init__(self, widths: tuple[int, ...] = (24, 48, 96, 192), blocks: tuple[int, ...] = (1, 1, 2, 2),
-                 head: str = "heatmap", extra_points: int = 0, dropout: float = 0.1,
-                 head_width: int = 0, heatmap_size: int = 24):
+                 extra_points: int = 0):
         super().__init__()
-        self.head_kind = head
         self.points = NUM_KEYPOINTS + extra_points
         # Systematic offset of each point's label from where mirror symmetry puts it (ours sit
         # ~1.3 px right of the pixels, and left/right brow and eye corners are placed slightly
@@ -84,26 +84,15 @@ class KeypointNet(nn.Module):
         self.stage2 = stage(widths[0], widths[1], blocks[1], 2)  # 24x24
         self.stage3 = stage(widths[1], widths[2], blocks[2], 2)  # 12x12
         self.stage4 = stage(widths[2], widths[3], blocks[3], 2)  # 6x6
-        if head == "heatmap":
-            if heatmap_size not in (24, 48):
-                raise ValueError(f"heatmap_size must be 24 or 48, not {heatmap_size}")
-            mid = head_width or widths[1]
-            self.heatmap_size = heatmap_size
-            self.lateral2 = nn.Identity() if mid == widths[1] else nn.Conv2d(widths[1], mid, 1)
-            self.lateral3 = nn.Conv2d(widths[2], mid, 1)
-            self.lateral4 = nn.Conv2d(widths[3], mid, 1)
-            self.lateral1 = nn.Conv2d(widths[0], mid, 1) if heatmap_size == 48 else nn.Identity()
-            self.fuse = nn.Sequential(conv_bn(mid, mid), conv_bn(mid, mid))
-            self.heatmaps = nn.Conv2d(mid, self.points, 3, 1, 1)
-            # Centres of the heatmap cells, in normalized image coordinates.
-            centres = (torch.arange(heatmap_size, dtype=torch.float32) + 0.5) * (IMAGE_SIZE / heatmap_size)
-            self.register_buffer("grid", (centres - 0.5 - IMAGE_SIZE / 2) / (IMAGE_SIZE / 2))
-        else:
-            self.regress = nn.Sequential(
-                nn.Conv2d(widths[3], 64, 1), nn.ReLU(inplace=True), nn.Flatten(),
-                nn.Dropout(dropout), nn.Linear(64 * 6 * 6, 256), nn.ReLU(inplace=True),
-                nn.Linear(256, self.points * 2),
-            )
+        mid = widths[1]
+        self.lateral3 = nn.Conv2d(widths[2], mid, 1)
+        self.lateral4 = nn.Conv2d(widths[3], mid, 1)
+        self.fuse = nn.Sequential(conv_bn(mid, mid), conv_bn(mid, mid))
+        self.heatmaps = nn.Conv2d(mid, self.points, 3, 1, 1)
+        # Centres of the heatmap cells, in normalized image coordinates.
+        size = self.HEATMAP_SIZE
+        centres = (torch.arange(size, dtype=torch.float32) + 0.5) * (IMAGE_SIZE / size)
+        self.register_buffer("grid", (centres - 0.5 - IMAGE_SIZE / 2) / (IMAGE_SIZE / 2))
 
     def mirror(self, kp: torch.Tensor) -> torch.Tensor:
         """Labels (N, points, 2) of a face -> labels of its mirror image (an involution).
@@ -121,13 +110,9 @@ class KeypointNet(nn.Module):
         c2 = self.stage2(c1)
         c3 = self.stage3(c2)
         c4 = self.stage4(c3)
-        if self.head_kind != "heatmap":
-            return self.regress(c4).view(-1, self.points, 2)
         size = c2.shape[-1]
-        p = self.lateral2(c2) + F.interpolate(self.lateral3(c3), size=size, mode="bilinear", align_corners=False)
+        p = c2 + F.interpolate(self.lateral3(c3), size=size, mode="bilinear", align_corners=False)
         p = p + F.interpolate(self.lateral4(c4), size=size, mode="bilinear", align_corners=False)
-        if self.heatmap_size == 48:
-            p = self.lateral1(c1) + F.interpolate(p, size=c1.shape[-1], mode="bilinear", align_corners=False)
         logits = self.heatmaps(self.fuse(p)).float()  # (N, points, size, size); fp32 under bf16 autocast too
         prob = logits.flatten(2).softmax(-1).view_as(logits)
         xs = (prob.sum(2) * self.grid).sum(-1)
@@ -145,7 +130,8 @@ def shifted(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
 
 
 def shift_views(shift: int) -> tuple[tuple[int, int], ...]:
-    """The test-time views of --student-tta-shift: the face as it is and moved shift pixels down-right and up-left."""
+    """The test-time views of train/recipe.py's Views: the face as it is and moved shift pixels down-right and
+    up-left."""
     return ((0, 0),) if shift == 0 else ((0, 0), (shift, shift), (-shift, -shift))
 
 
@@ -156,7 +142,7 @@ class ServingModel(nn.Module):
     The averaging lives inside the TorchScript file, so the served score is the score
     measured in training. Each member mirrors with its own learned label offsets; a moved
     view's answer is moved back. With flip=False the members may also be exported models
-    (a teacher of several, train/run.py).
+    (a teacher of several: train/exported.py's load_teacher).
     """
 
     def __init__(self, nets: KeypointNet | list[KeypointNet] | list[nn.Module], flip: bool = True,
@@ -190,8 +176,8 @@ class ServingModel(nn.Module):
         return torch.stack(members).mean(0)
 
 
-def networks_from_weights(weights: dict[str, torch.Tensor], widths: tuple[int, ...], blocks: tuple[int, ...],
-                          head: str, head_width: int, heatmap_size: int) -> list[KeypointNet]:
+def networks_from_weights(weights: dict[str, torch.Tensor], widths: tuple[int, ...],
+                          blocks: tuple[int, ...]) -> list[KeypointNet]:
     """The networks of an exported ServingModel rebuilt as modules from its state_dict: unlike the traced
     file they can be run without its mirrored pass, or given one (train/studies/mirror.py)."""
     count = 1 + max((int(key.split(".")[1]) for key in weights if key.startswith("nets.")), default=-1)
@@ -199,11 +185,15 @@ def networks_from_weights(weights: dict[str, torch.Tensor], widths: tuple[int, .
     for k in range(count):
         prefix = f"nets.{k}."
         own = {key[len(prefix):]: value for key, value in weights.items() if key.startswith(prefix)}
-        net = KeypointNet(widths, blocks, head, extra_points=own["label_offset"].shape[0] - NUM_KEYPOINTS,
-                          head_width=head_width, heatmap_size=heatmap_size)
+        net = KeypointNet(widths, blocks, extra_points=own["label_offset"].shape[0] - NUM_KEYPOINTS)
         net.load_state_dict(own)
         nets.append(net.eval())
     return nets
+
+
+def label_x_offset_px(net: KeypointNet) -> float:
+    """How far right of the pixels the labels sit on average, as learned from flipped faces."""
+    return float(net.label_offset.detach()[:, 0].mean()) * HALF
 
 
 def count_parameters(model: nn.Module) -> int:

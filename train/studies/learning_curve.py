@@ -4,7 +4,8 @@
     python train/studies/learning_curve.py A B C --plot docs/learning_curve.png
 
 Each argument is a train/cv.py run of one recipe trained on a different share of each fold's
-training people (`--train-people F`); the folds they all have are used. A fold's model never sees
+training people (train/run.py's `--train-people F` until commit 77f3fea; the records are in docs/cv/lc*);
+the folds they all have are used. A fold's model never sees
 a fifth of the people, the shipped one sees them all, so a cross-validated score understates the
 shipped model by what those people add. A power law, score ∝ people^alpha, is fitted with one
 slope for all folds (each fold its own level), and the shipped model's gain is read off it at

@@ -1,15 +1,15 @@
-"""Give students already trained their mirrored pass: the models `--student-flip-tta` exports.
+"""Give students already trained other served views: their mirrored pass, and views moved a few pixels.
 
     python train/studies/mirror.py runs/cv-student-reg runs/cv-student-reg-mirrored   # every fold of a train/cv.py run
     python train/cv.py --folds 5 --out runs/cv-student-reg-mirrored --summary   # its pooled estimate
     python train/studies/mirror.py runs/cv-student-reg runs/cv-student-shift2 --tta-shift 2   # and views moved 2 px
     python train/studies/mirror.py runs/ship runs/ship-shift2 --tta-shift 2   # one student's directory (a card in it)
 
-`--student-flip-tta` changes only what a student exports and the score it prints, not its training, so a
-one-pass student's file already holds the weights of the two-pass model. This rebuilds the network from them,
-exports it with its mirrored pass (train/model.py's ServingModel), and scores the fold's own people again:
-the cross-validated estimate of the two-pass model costs seconds instead of four hours of training.
-`--tta-shift` (test-time views, like --student-flip-tta not part of training) is given the same way.
+The served views (train/recipe.py's Views) change only what a student exports and the score it prints, not
+its training, so a student's file already holds the weights of the model with other views. This rebuilds the
+network from them, exports it with its mirrored pass and `--tta-shift` (train/model.py's ServingModel), and
+scores the fold's own people again: the cross-validated estimate of other views costs seconds instead of
+hours of training.
 """
 
 from __future__ import annotations
@@ -23,39 +23,42 @@ import numpy as np
 
 from facekp import metrics
 from facekp.contract import denormalize
-from train import run
 from train.cv import PREDICTIONS, fold_people
+from train.exported import CARD_FILE, MODEL_FILE, export, exported_networks, predict
 from train.model import ServingModel, shift_views
 
 
 def mirror_fold(source: Path, target: Path, shift: int = 0) -> dict:
     """Export source's student with its mirrored pass (and views moved by shift pixels) into target and score
     it on the validation people of its card."""
-    card = json.loads((source / run.CARD_FILE).read_text())
-    if card["members"] != 0:
-        raise ValueError(f"{source} is not a student (--members 0): it has no single network to give views")
-    config = card["config"]
-    (net,), _ = run.exported_networks(source / run.MODEL_FILE)  # a student: one network, checked against the file
+    card = json.loads((source / CARD_FILE).read_text())
+    nets, _ = exported_networks(source / MODEL_FILE)  # checked against the file
+    if card.get("members", 0) != 0 or len(nets) != 1:
+        raise ValueError(f"{source} is not a student: it has no single network to give views")
+    (net,), config = nets, card["config"]
     val, images = fold_people(config["data"], config["fold"], config["folds"])
-    one_pass = denormalize(run.predict(ServingModel(net, flip=False), images))
+    one_pass = denormalize(predict(ServingModel(net, flip=False), images))
     model = ServingModel(net, flip=True, shifts=shift_views(shift)).eval()
-    pred = denormalize(run.predict(model, images))
+    pred = denormalize(predict(model, images))
     target.mkdir(parents=True, exist_ok=True)
-    run.export(model, target / run.MODEL_FILE)
+    export(model, target / MODEL_FILE)
     if (source / PREDICTIONS).exists():  # a fold of train/cv.py: the new answers, for its summary
         saved = np.load(source / PREDICTIONS)
         np.savez(target / PREDICTIONS, pred=pred, truth=saved["truth"], people=saved["people"],
                  minutes=saved["minutes"])
     card["network_passes_per_face"] = model.passes_per_net
-    card["config"]["student_flip_tta"] = True
-    card["config"]["student_tta_shift"] = shift
+    if "views" in card:
+        card["views"] = {"flip": True, "shift": shift}
+    else:  # a card from before the recipe had names
+        card["config"]["student_flip_tta"] = True
+        card["config"]["student_tta_shift"] = shift
     card["validation"]["score_without_flip_tta"] = metrics.score(one_pass, val.keypoints)
     card["validation"]["score"] = metrics.score(pred, val.keypoints)
     card["validation"]["rmse_px"] = metrics.rmse_px(pred, val.keypoints)
     card["validation"]["rmse_px_per_keypoint"] = metrics.rmse_px_by_name(pred, val.keypoints)
-    card["size_bytes"] = (target / run.MODEL_FILE).stat().st_size
-    card["mirrored_from"] = str(source / run.MODEL_FILE)
-    (target / run.CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    card["size_bytes"] = (target / MODEL_FILE).stat().st_size
+    card["mirrored_from"] = str(source / MODEL_FILE)
+    (target / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
     return card["validation"]
 
 
@@ -64,16 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", type=Path, help="a train/cv.py run of students, or one student's directory")
     parser.add_argument("target", type=Path, help="where the exported students go (a train/cv.py run of its own)")
     parser.add_argument("--tta-shift", type=int, default=0,
-                        help="also average views moved this many pixels down-right and up-left (train/run.py's "
-                             "--student-tta-shift); default 0")
+                        help="also average views moved this many pixels down-right and up-left (train/recipe.py's "
+                             "Views.shift); default 0")
     args = parser.parse_args(argv)
-    if (args.source / run.CARD_FILE).is_file():
+    if (args.source / CARD_FILE).is_file():
         pairs = [(args.source, args.target)]
     else:
         pairs = [(path.parent, args.target / path.parent.name)
                  for path in sorted(args.source.glob(f"fold_*/{PREDICTIONS}"))]
     if not pairs:
-        parser.error(f"{args.source} has neither a {run.CARD_FILE} nor a finished fold (fold_*/{PREDICTIONS})")
+        parser.error(f"{args.source} has neither a {CARD_FILE} nor a finished fold (fold_*/{PREDICTIONS})")
     for source, target in pairs:
         try:
             validation = mirror_fold(source, target, args.tta_shift)

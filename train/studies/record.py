@@ -29,8 +29,8 @@ import numpy as np
 
 from facekp import data as facedata
 from facekp import metrics
-from train import run
 from train.cv import PREDICTIONS, fold_number
+from train.exported import CARD_FILE
 
 RECORDS = facedata.REPO_ROOT / "docs" / "cv"
 RECORD_FILE = "record.npz"
@@ -46,7 +46,7 @@ def save_fold(fold_dir: Path, target: Path) -> float:
     """Record one fold of a run; returns its score (kept in the record, checked when restored)."""
     with np.load(fold_dir / PREDICTIONS) as saved:
         pred, truth, people, minutes = saved["pred"], saved["truth"], saved["people"], float(saved["minutes"])
-    card_file = fold_dir / run.CARD_FILE
+    card_file = fold_dir / CARD_FILE
     card = json.loads(card_file.read_text()) if card_file.is_file() else {}
     folds = card.get("config", {}).get("folds", 5)
     if np.abs(pred).max() * STEPS_PER_PX > np.iinfo(np.int16).max:
@@ -57,7 +57,7 @@ def save_fold(fold_dir: Path, target: Path) -> float:
                         fold=fold_number(fold_dir), folds=folds, faces=len(people), people=people_digest(people),
                         minutes=minutes, score=score)
     if card:
-        shutil.copyfile(card_file, target / run.CARD_FILE)
+        shutil.copyfile(card_file, target / CARD_FILE)
     return score
 
 
@@ -75,8 +75,8 @@ def restore_fold(record_dir: Path, target: Path, data: str = "") -> float:
         raise facedata.DataError(f"{record_dir} scores {score:.1f} on these labels, recorded as {record['score']:.1f}")
     target.mkdir(parents=True, exist_ok=True)
     np.savez(target / PREDICTIONS, pred=pred, truth=val.keypoints, people=val.people, minutes=record["minutes"])
-    if (record_dir / run.CARD_FILE).is_file():
-        shutil.copyfile(record_dir / run.CARD_FILE, target / run.CARD_FILE)
+    if (record_dir / CARD_FILE).is_file():
+        shutil.copyfile(record_dir / CARD_FILE, target / CARD_FILE)
     return score
 
 

@@ -4,7 +4,7 @@
     git show bcb5090:model_store/keypoints.pt > runs/bcb5090.pt && git show bcb5090:model_store/model_card.json \
         > runs/bcb5090.json && python train/studies/views_probe.py runs/bcb5090.pt   # a pair, on the fixed split
 
-Each network of the file (rebuilt from its card, train/run.py's exported_networks) is scored on the people
+Each network of the file (rebuilt from its card, train/exported.py's exported_networks) is scored on the people
 its card validated on, with its mirrored pass and the face moved ±1..±N px (train/model.py's shift_views),
 then the networks together: what `--student-tta-shift` would give a model, to compare before choosing.
 
@@ -28,8 +28,8 @@ import torch.nn.functional as F
 
 from facekp import metrics
 from facekp.contract import HALF, denormalize
-from train import run
 from train.cv import fold_people
+from train.exported import card_beside, exported_networks, predict
 from train.model import ServingModel, shift_views, shifted
 
 PIXEL_CENTRE = 1 / 96  # a pixel's centre in grid_sample's [-1, 1] coordinates = its normalized keypoint + this
@@ -57,7 +57,7 @@ def view_answer(model: torch.nn.Module, images: torch.Tensor, dx: int = 0, dy: i
                 degrees: float = 0.0) -> torch.Tensor:
     """The model's keypoints for the images moved (dx, dy) px, then turned, mapped back onto the images."""
     view = turned(shifted(images, dx, dy), scale, degrees)
-    answer = turned_back(torch.from_numpy(run.predict(model, view)).float(), scale, degrees)
+    answer = turned_back(torch.from_numpy(predict(model, view)).float(), scale, degrees)
     return answer - torch.tensor([dx, dy]) / HALF
 
 
@@ -83,18 +83,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zoom", type=float, default=0, help="also score views zoomed by ± this many percent")
     parser.add_argument("--rotate", type=float, default=0, help="and rotated by ± this many degrees")
     args = parser.parse_args(argv)
-    rebuilt = run.exported_networks(args.model)
+    rebuilt = exported_networks(args.model)
     if rebuilt is None:
         parser.error(f"{args.model} has no model card beside it: its networks cannot be rebuilt")
     nets, _ = rebuilt
-    config = json.loads(run.card_beside(args.model).read_text())["config"]
+    config = json.loads(card_beside(args.model).read_text())["config"]
     val, images = fold_people(config["data"], config.get("fold", -1), config.get("folds", 5))
     print(f"{len(nets)} network(s), {len(val)} faces of {len(set(val.people))} people; each with its mirrored pass")
     for shift in range(args.max_shift + 1):
         models = [ServingModel(net, flip=True, shifts=shift_views(shift)) for net in nets]
         if len(nets) > 1:
             models.append(ServingModel(models, flip=False))
-        scores = [metrics.score(denormalize(run.predict(model.eval(), images)), val.keypoints) for model in models]
+        scores = [metrics.score(denormalize(predict(model.eval(), images)), val.keypoints) for model in models]
         label = "as it is" if shift == 0 else f"and moved ±{shift} px"
         print(f"{label:17s} " + "  ".join(f"{score:6.1f}" for score in scores), flush=True)
     if args.zoom or args.rotate:
