@@ -68,7 +68,7 @@ class PidFile:
             return None
 
     def stop(self, timeout: float = 10.0) -> bool:
-        """SIGTERM to the process's group (it was started in a session of its own), SIGKILL after `timeout` s;
+        """SIGTERM to its process group (it leads one of its own), SIGKILL after `timeout` s;
         True if it was running."""
         pid = self.running()
         if pid is not None:

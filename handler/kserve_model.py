@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import struct
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -29,10 +29,14 @@ from handler.kserve_protocol import (
 from handler.processing import Incoming, Reply, RequestError, answer_batch
 from handler.settings import HandlerSettings
 
+if TYPE_CHECKING:
+    import kserve
+
 logger = logging.getLogger(__name__)
 
 
-def make_model(name: str, model_file: Path, settings: HandlerSettings, batch_size: int, max_batch_delay_ms: float):
+def make_model(name: str, model_file: Path, settings: HandlerSettings, batch_size: int,
+               max_batch_delay_ms: float) -> kserve.Model:
     """The kserve Model, loaded: decoding, preprocessing and postprocessing are handler.processing's; requests
     that arrive together go through the network together (handler.batching, TorchServe's batching)."""
     import kserve

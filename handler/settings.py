@@ -15,6 +15,8 @@ from handler.processing import MAX_PIXELS
 
 @dataclass(frozen=True)
 class HandlerSettings:
+    """What both keypoint models' handlers and the kserve predictor take from a `handler:` block."""
+
     max_pixels: int = MAX_PIXELS
     torch_threads: int = 0
     """Intra-op threads per worker; 0: torch's default (docs/performance.md)."""
