@@ -33,7 +33,8 @@ class ModelHandler(BaseHandler):
         if self.settings.torch_threads:  # intra-op threads per worker; see docs/performance.md
             torch.set_num_threads(self.settings.torch_threads)
         self.model_name = context.manifest["model"]["modelName"]
-        self.keypoints = prepare_model(self.model, self.device, self.settings.precision, self.settings.freeze)
+        self.keypoints = prepare_model(self.model, self.device, self.settings.precision, self.settings.freeze,
+                                       self.settings.views_on(self.device))
         logger.info("%s: keypoint model %s, %d torch thread(s)", self.model_name, self.keypoints.describe(),
                     torch.get_num_threads())
         pass_torchserve_envelopes_through()

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from facekp.contract import NUM_KEYPOINTS, VIEW_SETTINGS, view_method
+
 PRECISIONS = ("auto", "fp32", "bf16")
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
@@ -59,7 +61,7 @@ def channels_last_on(device: torch.device) -> bool:
 
 
 def for_inference(model: torch.nn.Module, device: torch.device, precision: str,
-                  channels_last: bool | None = None) -> torch.nn.Module:
+                  channels_last: bool | None = None, methods: tuple[str, ...] = ()) -> torch.nn.Module:
     """The TorchScript model frozen for inference: BatchNorm folded into the convolutions, weights constant.
 
     In float32 on a CPU, torch.jit.optimize_for_inference also hands the convolutions to oneDNN with
@@ -67,6 +69,7 @@ def for_inference(model: torch.nn.Module, device: torch.device, precision: str,
     path would silently run float32, so bf16 gets the frozen graph only (1.3x over the unfrozen one).
     The file on disk stays a plain TorchScript file; this happens once, at load. channels_last (None:
     channels_last_on(device)) converts the weights first, so the frozen constants keep that layout.
+    methods: the file's other methods to keep and optimize besides forward (a view setting's).
     """
     if not isinstance(model, torch.jit.ScriptModule):
         return model
@@ -74,27 +77,48 @@ def for_inference(model: torch.nn.Module, device: torch.device, precision: str,
         channels_last = channels_last_on(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    frozen = torch.jit.freeze(model.eval())
+    frozen = torch.jit.freeze(model.eval(), preserved_attrs=list(methods))
     if precision == "fp32" and device.type == "cpu":
-        return torch.jit.optimize_for_inference(frozen)
+        return torch.jit.optimize_for_inference(frozen, other_methods=list(methods))
     return frozen
 
 
+def has_method(model: torch.nn.Module, name: str) -> bool:
+    """Whether a TorchScript file has this method (older files have forward() alone)."""
+    return isinstance(model, torch.jit.ScriptModule) and hasattr(model, name)
+
+
+def view_answer(model: torch.nn.Module, views: int | None) -> str | None:
+    """The method of the file that answers with `views` views (None: the file's forward(), its own default).
+    ValueError, saying which the file offers, when it has view methods but not this one."""
+    if views is None:
+        return None
+    offered = [n for n in VIEW_SETTINGS if has_method(model, view_method(n))]
+    if not offered:  # a file exported before it had view settings: forward() is all it offers
+        return None
+    if views not in offered:
+        raise ValueError(f"views must be one of {offered} for this model file, got {views}")
+    return view_method(views)
+
+
 def model_runner(model: torch.nn.Module, device: torch.device, precision: str, freeze: bool = True,
-                 channels_last: bool | None = None) -> Callable[[np.ndarray], np.ndarray]:
+                 channels_last: bool | None = None, method: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """batch (N, 1, 96, 96) float32 -> (N, 15, 2) float32, on device, in precision (model frozen first);
-    channels-last weights and inputs where channels_last says so (None: channels_last_on(device))."""
+    channels-last weights and inputs where channels_last says so (None: channels_last_on(device)). method: a
+    view setting's (view_answer) instead of forward(), its 15 keypoints."""
     channels_last = channels_last_on(device) if channels_last is None else channels_last
     if freeze:
-        model = for_inference(model, device, precision, channels_last)
+        model = for_inference(model, device, precision, channels_last, (method,) if method else ())
     elif channels_last:
         model = model.to(memory_format=torch.channels_last)
     layout = torch.channels_last if channels_last else torch.preserve_format
+    answer = getattr(model, method) if method else model
 
     @torch.inference_mode()
     def run(batch: np.ndarray) -> np.ndarray:
         with autocast(precision, device.type):
-            return model(torch.from_numpy(batch).to(device, memory_format=layout)).float().cpu().numpy()
+            out = answer(torch.from_numpy(batch).to(device, memory_format=layout))
+        return (out[:, :NUM_KEYPOINTS, :2] if method else out).float().cpu().numpy()
 
     return run
 
@@ -108,23 +132,30 @@ class ServedModel:
     device: torch.device
     precision: str
     frozen: bool
+    views: int | None = None
+    """The view setting it answers with; None: the file's forward() (a file without view settings)."""
 
     def describe(self) -> str:
-        return (f"{self.precision}{', frozen' if self.frozen else ''}"
+        views = "the file's own views" if self.views is None else f"{self.views} view{'s' * (self.views > 1)}"
+        return (f"{views}, {self.precision}{', frozen' if self.frozen else ''}"
                 f"{', channels-last' if channels_last_on(self.device) else ''} on {self.device}")
 
 
 def prepare_model(model: torch.nn.Module, device: torch.device, precision: str = "auto",
-                  freeze: bool = True) -> ServedModel:
+                  freeze: bool = True, views: int | None = None) -> ServedModel:
     """A loaded TorchScript model ready to serve: the precision the setting (auto / fp32 / bf16) picks on this
-    device (choose_precision), frozen unless freeze is False (benchmarks of the file's graph as is).
-    TorchServe's handlers call it on the model BaseHandler loaded for their worker's device."""
+    device (choose_precision), frozen unless freeze is False (benchmarks of the file's graph as is), answering
+    with `views` views (None: the file's forward()). TorchServe's handlers call it on the model BaseHandler
+    loaded for their worker's device."""
     chosen = choose_precision(precision, device)
-    return ServedModel(model_runner(model, device, chosen, freeze), device, chosen, freeze)
+    method = view_answer(model, views)
+    return ServedModel(model_runner(model, device, chosen, freeze, method=method), device, chosen, freeze,
+                       views if method else None)
 
 
 def load_model(model_file: Path, device: torch.device | None = None, precision: str = "auto",
-               freeze: bool = True) -> ServedModel:
+               freeze: bool = True, views: int | None = None) -> ServedModel:
     """The TorchScript file ready to serve (prepare_model) on `device`; None: the GPU where there is one."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return prepare_model(torch.jit.load(str(model_file), map_location=device).eval(), device, precision, freeze)
+    model = torch.jit.load(str(model_file), map_location=device).eval()
+    return prepare_model(model, device, precision, freeze, views)

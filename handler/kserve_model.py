@@ -50,7 +50,9 @@ def make_model(name: str, model_file: Path, settings: HandlerSettings, batch_siz
 
     class KeypointModel(kserve.Model):
         def load(self) -> bool:
-            self.keypoints = load_model(model_file, None, settings.precision, settings.freeze)
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            self.keypoints = load_model(model_file, device, settings.precision, settings.freeze,
+                                        settings.views_on(device))
             logger.info("%s: keypoint model %s, %d torch thread(s), batches of up to %d",
                         name, self.keypoints.describe(), torch.get_num_threads(), batch_size)
             self.batcher = MicroBatcher(self.answer_batch, batch_size, max_batch_delay_ms / 1000)

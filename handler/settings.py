@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Self
 
+import torch
+
 from handler.processing import MAX_PIXELS
 
 
@@ -24,6 +26,15 @@ class HandlerSettings:
     """auto: bf16 where the CPU has AMX or AVX-512 BF16, else fp32 (handler.inference)."""
     freeze: bool = True
     """False: the file's graph as is (benchmarks)."""
+    views_cpu: int = 2
+    """Test-time views on a CPU: 1, 2 or 6 (facekp.contract.VIEW_SETTINGS). Two: the face and its mirror image;
+    six would add 0.9 % on people never seen for 2.4x the machine (docs/performance.md has each one's score
+    and cost)."""
+    views_gpu: int = 6
+    """The same on a GPU, where more views cost little."""
+
+    def views_on(self, device: torch.device) -> int:
+        return self.views_gpu if device.type == "cuda" else self.views_cpu
 
     @classmethod
     def from_block(cls, block: Mapping[str, Any] | None) -> Self:

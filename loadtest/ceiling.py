@@ -18,15 +18,18 @@ import torch
 
 from handler.inference import load_model
 from handler.processing import decode_image, keypoints_json, to_model_input
+from handler.settings import HandlerSettings
 from loadtest.cpu import busy_cpu_s
 from loadtest.images import Upload
 
 Model = Callable[[torch.Tensor], np.ndarray]
 
 
-def handler_model(model_file: Path, precision: str = "auto") -> Model:
-    """The model as the handlers run it: frozen, in the precision they pick on this machine (handler.inference)."""
-    run = load_model(model_file, torch.device("cpu"), precision).run
+def handler_model(model_file: Path, precision: str = "auto", views: int | None = None) -> Model:
+    """The model as the handlers run it: frozen, in the precision they pick on this machine (handler.inference),
+    with the views the handlers' default settings serve on a CPU (None) or these."""
+    views = HandlerSettings().views_cpu if views is None else views
+    run = load_model(model_file, torch.device("cpu"), precision, views=views).run
     return lambda x: run(x.numpy())
 
 

@@ -33,7 +33,7 @@ from facekp.archive import MODEL_FILE
 from facekp.contract import denormalize
 from facekp.data import REPO_ROOT
 from facekp.machine import machine
-from handler.inference import choose_precision, model_runner
+from handler.inference import choose_precision, model_runner, view_answer
 from handler.processing import decode_image, to_model_input
 from loadtest import report
 from loadtest.cpu import log, wait_for_quiet
@@ -57,6 +57,7 @@ class Variant:
     card: dict  # the model card beside the file
     freeze: bool = True  # False: as handlers ran models before they froze them (commit 9a2cdaa and earlier)
     serving: Config = SHIPPED_SERVING  # the batching it is served with
+    views: int | None = None  # the view setting it is served with (None: the file's forward())
 
 
 def passes_per_face(card: dict) -> int | str:
@@ -89,9 +90,9 @@ def card_beside(model_file: Path) -> dict:
     return json.loads(card.read_text()) if card.exists() else {}
 
 
-def gflop_per_face(model: torch.nn.Module) -> float:
+def gflop_per_face(model: torch.nn.Module, method: str | None = None) -> float:
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        model(torch.rand(1, 1, 96, 96))
+        (getattr(model, method) if method else model)(torch.rand(1, 1, 96, 96))
     return counter.get_total_flops() / 1e9
 
 
@@ -168,7 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet-wait", type=float, default=120.0)
     parser.add_argument("--out", type=Path, default=OUT_CSV)
     parser.add_argument("--doc", type=Path, default=DOC)
+    parser.add_argument("--views", default="1,2,6",
+                        help="the shipped model's view settings to serve (handler views_cpu), the default one last")
     args = parser.parse_args(argv)
+    default_views = SHIPPED_SERVING.views or 6
+    views = sorted({int(n) for n in args.views.split(",")}, key=lambda n: (n == default_views, n))
     concurrency = [int(c) for c in args.concurrency.split(",")]
     started = time.perf_counter()
     cores = torch.get_num_threads()
@@ -184,15 +189,17 @@ def main(argv: list[str] | None = None) -> int:
         variants = [Variant(f"{label} as served then", old, "fp32", old_card, freeze=False, serving=BASELINE_SERVING),
                     Variant(f"{label}, today's handler", old, "fp32", old_card),
                     Variant(f"{label}, today's handler", old, "auto", old_card),
-                    Variant("shipped", MODEL_FILE, "fp32", shipped_card),
-                    Variant("shipped", MODEL_FILE, "auto", shipped_card)]
+                    Variant(f"shipped, {default_views} views", MODEL_FILE, "fp32", shipped_card, views=default_views),
+                    *(Variant(f"shipped, {n} view{'s' * (n > 1)}", MODEL_FILE, "auto", shipped_card, views=n)
+                      for n in views)]
         for k, v in enumerate(variants, 1):
             model = torch.jit.load(str(v.model_file), map_location="cpu").eval()
             precision = choose_precision(v.precision, torch.device("cpu"))
-            run = model_runner(model, torch.device("cpu"), precision, v.freeze)
-            row = {"variant": v.name, "serving": v.serving.name, "gflop": round(gflop_per_face(model), 3),
+            method = view_answer(model, v.views)
+            run = model_runner(model, torch.device("cpu"), precision, v.freeze, method=method)
+            row = {"variant": v.name, "serving": v.serving.name, "gflop": round(gflop_per_face(model, method), 3),
                    "precision": precision + ("" if v.freeze else ", not frozen")}
-            row["passes"] = passes_per_face(v.card)
+            row["passes"] = v.views if method else passes_per_face(v.card)
             wait_for_quiet(args.quiet_wait)
             row["inproc_bs1"] = round(faces_per_s(run, inputs, 1, args.seconds), 1)
             row["inproc_bs32"] = round(faces_per_s(run, inputs, 32, args.seconds), 1)
@@ -203,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                 row["score"] = f"{score:.1f} (trained on these people)"
             log(f"[{k}/{len(variants)}] {v.name} ({precision}): {row['gflop']} GFLOP/face, in-process "
                 f"{row['inproc_bs1']} faces/s at bs1, {row['inproc_bs32']} at bs32; score {row['score']}")
-            serving = replace(v.serving, precision=v.precision, freeze=v.freeze)
+            serving = replace(v.serving, precision=v.precision, freeze=v.freeze, views=v.views)
             service = start_service(serving, Path(tmp), v.model_file, f"variant{k}")
             try:
                 run_load(f"{service.inference_url}/predictions/keypoints", uploads, 16, 3.0, 1.0)  # JIT warm-up

@@ -29,12 +29,14 @@ class Config:
     frontend: dict[str, str] = field(default_factory=dict, hash=False)
     precision: str = "auto"  # the handler's: bf16 where the CPU has it (handler/inference.py), else fp32
     freeze: bool = True  # the handler freezes the model at load; False serves the file's graph as is
+    views: int | None = None  # the handler's views_cpu (1, 2 or 6); None: its default
 
     def model_config(self) -> str:
         return (f"minWorkers: {self.workers}\nmaxWorkers: {self.workers}\nbatchSize: {self.batch_size}\n"
                 f"maxBatchDelay: {self.max_batch_delay_ms}\nresponseTimeout: 60\n"
                 f"handler:\n  max_pixels: 40000000\n  torch_threads: {self.torch_threads}\n"
-                f"  precision: {self.precision}\n  freeze: {str(self.freeze).lower()}\n")
+                f"  precision: {self.precision}\n  freeze: {str(self.freeze).lower()}\n"
+                + (f"  views_cpu: {self.views}\n" if self.views is not None else ""))
 
     def describe(self) -> str:
         return (f"{self.batch_size} per batch, {self.max_batch_delay_ms} ms delay, "
@@ -48,7 +50,7 @@ def shipped_config(model_config: Path = MODEL_CONFIG) -> Config:
     batch, delay, workers = shipped["batchSize"], shipped["maxBatchDelay"], shipped["maxWorkers"]
     threads = handler.get("torch_threads", 1)
     return Config(f"b{batch}-d{delay}-w{workers}t{threads}", batch, delay, workers, threads,
-                  precision=str(handler.get("precision", "auto")))
+                  precision=str(handler.get("precision", "auto")), views=handler.get("views_cpu"))
 
 
 LEAN_FRONTEND = {"number_of_netty_threads": "1", "netty_client_threads": "1"}

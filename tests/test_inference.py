@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from facekp.archive import MODEL_FILE
+from facekp.contract import VIEW_SETTINGS, view_method
 from facekp.data import REPO_ROOT
 from handler.inference import channels_last_on, choose_precision, cpu_flags, for_inference, load_model, model_runner
 
@@ -85,3 +86,49 @@ def test_load_model_is_model_runner_in_the_precision_it_chose():
     assert (served.precision, served.frozen, served.device) == ("fp32", True, CPU)
     assert np.array_equal(served.run(x), model_runner(torch.jit.load(str(MODEL_FILE)).eval(), CPU, "fp32")(x))
     assert load_model(MODEL_FILE, CPU).precision == choose_precision("auto", CPU)
+
+
+def test_each_view_setting_is_a_method_of_the_shipped_file_and_six_views_are_its_forward():
+    """No retraining to serve one, two or six views: each is a traced method of the same weights."""
+    model = torch.jit.load(str(MODEL_FILE)).eval()
+    portrait = Image.open(REPO_ROOT / "samples" / "astronaut.png").convert("L")
+    x = torch.from_numpy(np.stack([np.asarray(portrait.crop((165 + d, 50 + d, 285 + d, 170 + d)).resize((96, 96)),
+                                              np.float32) for d in (-6, 0, 3, 6)])[:, None] / 255)
+    with torch.inference_mode():
+        forward = model(x)
+        answers = {n: getattr(model, view_method(n))(x) for n in VIEW_SETTINGS}
+    assert all(answer.shape == (4, 15 + 68, 3) for answer in answers.values())  # x, y, uncertainty of every point
+    assert torch.equal(answers[6][:, :15, :2], forward)
+    for n in (1, 2):  # fewer views, other answers on a real face: within a pixel of the six, not equal to them
+        assert 0 < (answers[n][:, :15, :2] - forward).abs().max() * 48 < 1
+    assert all((answer[..., 2] > 0).all() for answer in answers.values())
+
+
+@pytest.mark.parametrize("views", VIEW_SETTINGS)
+def test_a_served_view_setting_answers_its_methods_15_keypoints(views):
+    x = np.random.default_rng(2).random((3, 1, 96, 96), dtype=np.float32)
+    served = load_model(MODEL_FILE, CPU, "fp32", views=views)
+    assert served.views == views and served.describe().startswith(f"{views} view")
+    with torch.inference_mode():
+        expected = getattr(torch.jit.load(str(MODEL_FILE)).eval(), view_method(views))(torch.from_numpy(x))
+    assert np.abs(served.run(x) - expected[:, :15, :2].numpy()).max() * 48 < 0.01
+
+
+class ForwardOnly(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def test_a_view_setting_the_file_lacks_is_refused_and_an_older_file_answers_with_its_forward(tmp_path):
+    with pytest.raises(ValueError, match=r"views must be one of \[1, 2, 6\] for this model file, got 3"):
+        load_model(MODEL_FILE, CPU, "fp32", views=3)
+    older = tmp_path / "older.pt"  # forward() alone, as files were traced before the view settings
+    torch.jit.trace(ForwardOnly(torch.jit.load(str(MODEL_FILE)).eval()), torch.rand(2, 1, 96, 96)).save(str(older))
+    served = load_model(older, CPU, "fp32", views=2)
+    assert served.views is None and served.describe().startswith("the file's own views")
+    x = np.random.default_rng(3).random((2, 1, 96, 96), dtype=np.float32)
+    assert np.abs(served.run(x) - load_model(MODEL_FILE, CPU, "fp32").run(x)).max() * 48 < 0.01

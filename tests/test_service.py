@@ -20,7 +20,8 @@ from facekp.archive import MODEL_FILE
 from facekp.contract import KEYPOINT_NAMES, denormalize
 from facekp.processes import port_in_use
 from facekp.torchserve import Service
-from handler.inference import choose_precision, model_runner
+from handler.inference import choose_precision, load_model, model_runner
+from handler.settings import HandlerSettings
 from tests.conftest import running_service
 
 BATCH = 8
@@ -115,9 +116,8 @@ def test_http_score_equals_in_process_score(service, validation_faces, tmp_path)
                           "--concurrency", "4", "--json", str(report)])
     assert code == 0
     over_http = json.loads(report.read_text())
-    # In-process the way the handler runs it: frozen, in the precision it picks on this machine.
-    cpu = torch.device("cpu")
-    run = model_runner(torch.jit.load(str(MODEL_FILE)), cpu, choose_precision("auto", cpu))
+    # In-process the way the handler runs it: frozen, in the precision it picks on this machine, with its views.
+    run = load_model(MODEL_FILE, torch.device("cpu"), views=HandlerSettings().views_cpu).run
     pred = run(validation_faces.images[:n, None].astype(np.float32) / 255)
     in_process = metrics.score(denormalize(pred), validation_faces.keypoints[:n])
     assert over_http["faces"] == n and over_http["failed"] == 0
@@ -134,3 +134,20 @@ def test_stop_leaves_nothing_running(service):
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family)
     for port in (service.inference_port, service.management_port, service.metrics_port):
         assert not port_in_use(service.host, port)
+
+
+def test_the_views_are_a_serving_setting_of_the_same_file(tmp_path, validation_faces):
+    """views_cpu: 1 in the model-config serves the file's one-view method: no other model file, no retraining."""
+    config = "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 1\nmaxBatchDelay: 1\nhandler:\n  views_cpu: 1\n"
+    faces = validation_faces.images[:6]
+    with running_service(tmp_path, config) as svc:
+        served = np.stack([points(requests.put(url(svc), data=png(face), timeout=30)) for face in faces])
+        log = (svc.log_dir / "model_log.log").read_text(errors="replace")
+    cpu = torch.device("cpu")
+    model = torch.jit.load(str(MODEL_FILE)).eval()
+    batch = faces[:, None].astype(np.float32) / 255
+    one_view = model_runner(model, cpu, choose_precision("auto", cpu), method="views_1")(batch)
+    six_views = model_runner(model, cpu, choose_precision("auto", cpu))(batch)
+    assert np.abs(served - denormalize(one_view)).max() < 0.05  # bf16 kernels vary a little with batch size
+    assert np.abs(served - denormalize(six_views)).max() > 0.1  # not the file's forward(): other answers
+    assert "keypoints: keypoint model 1 view," in log

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 
+import torch
 import yaml
 
 from facekp.archive import FACES_CONFIG, MODEL_CONFIG
@@ -16,7 +17,7 @@ from handler.settings import HandlerSettings
 
 
 def test_an_absent_key_takes_its_default_and_values_take_the_defaults_type():
-    assert HandlerSettings.from_block(None) == HandlerSettings(MAX_PIXELS, 0, "auto", True)
+    assert HandlerSettings.from_block(None) == HandlerSettings(MAX_PIXELS, 0, "auto", True, 2, 6)
     settings = HandlerSettings.from_block({"max_pixels": "1000", "torch_threads": 2.0, "max_faces": 3})
     assert (settings.max_pixels, settings.torch_threads) == (1000, 2)
 
@@ -41,3 +42,10 @@ def test_the_kserve_predictor_reads_the_handlers_model_config():
     assert config.batch_size == shipped["batchSize"]
     # one process instead of TorchServe's workers: every core, greedy batches (the kserve block)
     assert (config.settings.torch_threads, config.max_batch_delay_ms) == (0, 0.0)
+
+
+def test_the_views_are_set_per_device():
+    settings = HandlerSettings.from_block({"views_cpu": 2, "views_gpu": 6})
+    assert settings.views_on(torch.device("cpu")) == 2 and settings.views_on(torch.device("cuda")) == 6
+    shipped = HandlerSettings.from_block(yaml.safe_load(MODEL_CONFIG.read_text())["handler"])
+    assert (shipped.views_cpu, shipped.views_gpu) == (HandlerSettings.views_cpu, HandlerSettings.views_gpu)

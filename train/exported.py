@@ -53,9 +53,14 @@ def predict(model: torch.nn.Module, images: torch.Tensor, batch: int = 256) -> n
 
 
 def export(model: torch.nn.Module, path: Path) -> None:
-    """TorchScript by tracing: ServingModel's forward has no data-dependent branch (batch size stays free)."""
+    """TorchScript by tracing: ServingModel's forward has no data-dependent branch (batch size stays free).
+
+    A model of one network is traced with its view settings too (facekp.contract.VIEW_SETTINGS), so that a
+    server picks one, two or six views and reads the 68 points and their uncertainty from the same file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.trace(model, torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE)).save(str(path))
+    probe = torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE)
+    methods = ServingModel.VIEW_METHODS if isinstance(model, ServingModel) and len(model.nets) == 1 else ()
+    torch.jit.trace_module(model.eval(), {"forward": probe, **dict.fromkeys(methods, probe)}).save(str(path))
 
 
 def command_line() -> str:

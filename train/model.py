@@ -12,7 +12,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from facekp.contract import FLIP_PERMUTATION, HALF, IMAGE_SIZE, MIRROR_X_SHIFT, NUM_KEYPOINTS
+from facekp.contract import (
+    FLIP_PERMUTATION,
+    HALF,
+    IMAGE_SIZE,
+    MIRROR_X_SHIFT,
+    NUM_KEYPOINTS,
+    VIEW_SETTINGS,
+    view_method,
+)
+from train.recipe import SERVED_VIEWS
 
 
 def _ibug68_mirror() -> list[int]:
@@ -104,7 +113,8 @@ class KeypointNet(nn.Module):
         geometric = kp[:, self.mirror_perm] * self.mirror_sign + self.mirror_shift
         return geometric + e + e[self.mirror_perm] * -self.mirror_sign
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def heatmap(self, x: torch.Tensor) -> torch.Tensor:
+        """Each point's probability over the 24x24 cells, (N, points, 24, 24), in float32."""
         x = x - 0.5
         c1 = self.stage1(self.stem(x))
         c2 = self.stage2(c1)
@@ -114,10 +124,22 @@ class KeypointNet(nn.Module):
         p = c2 + F.interpolate(self.lateral3(c3), size=size, mode="bilinear", align_corners=False)
         p = p + F.interpolate(self.lateral4(c4), size=size, mode="bilinear", align_corners=False)
         logits = self.heatmaps(self.fuse(p)).float()  # (N, points, size, size); fp32 under bf16 autocast too
-        prob = logits.flatten(2).softmax(-1).view_as(logits)
+        return logits.flatten(2).softmax(-1).view_as(logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        prob = self.heatmap(x)
         xs = (prob.sum(2) * self.grid).sum(-1)
         ys = (prob.sum(3) * self.grid).sum(-1)
         return torch.stack([xs, ys], dim=-1)
+
+    def forward_with_spread(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, points, 3): forward's (x, y) and the heatmap's spread around them (the root of its variance in
+        x plus in y, normalized units): a sharp peak is a sure point, a wide one a guess."""
+        prob = self.heatmap(x)
+        px, py = prob.sum(2), prob.sum(3)
+        xs, ys = (px * self.grid).sum(-1), (py * self.grid).sum(-1)
+        variance = (px * self.grid**2).sum(-1) - xs**2 + (py * self.grid**2).sum(-1) - ys**2
+        return torch.stack([xs, ys, variance.clamp(min=0).sqrt()], dim=-1)
 
 
 def shifted(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
@@ -136,6 +158,8 @@ def shift_views(shift: int) -> tuple[tuple[int, int], ...]:
 
 
 class ServingModel(nn.Module):
+    VIEW_METHODS = tuple(view_method(n) for n in VIEW_SETTINGS)
+
     """What is exported: the 15 contract keypoints, averaged over the ensemble's members and,
     optionally, over each member's mirrored pass and over copies of the face moved a few pixels.
 
@@ -170,10 +194,56 @@ class ServingModel(nn.Module):
                 out = 0.5 * (outs[2 * k] + net.mirror(outs[2 * k + 1])) if self.flip else outs[k]
                 out = out[:, :NUM_KEYPOINTS]
                 if dx or dy:  # the answer moved back (python floats: constants in the trace)
-                    out = torch.stack([out[..., 0] - dx / HALF, out[..., 1] - dy / HALF], dim=-1)
+                    out = moved_back(out, dx, dy)
                 answers.append(out)
             members.append(answers[0] if len(answers) == 1 else torch.stack(answers).mean(0))
         return torch.stack(members).mean(0)
+
+    def answers(self, x: torch.Tensor, flip: bool, shifts: tuple[tuple[int, int], ...]) -> torch.Tensor:
+        """(N, points, 3) for views of one network (a student): every point it predicts (the 15, then the 68
+        where it has them) averaged over the views exactly as forward() averages the 15, and each point's
+        uncertainty: the root of the heatmaps' mean variance plus the views' disagreement (normalized units)."""
+        (net,) = self.nets
+        views = []
+        for dx, dy in shifts:
+            view = shifted(x, dx, dy)
+            views += [view, view.flip(-1)] if flip else [view]
+        outs = net.forward_with_spread(torch.cat(views) if len(views) > 1 else x).chunk(len(views))
+        averaged, seen, variances = [], [], []
+        for k, (dx, dy) in enumerate(shifts):
+            if flip:
+                direct, mirrored = outs[2 * k], outs[2 * k + 1]
+                mirrored_points = net.mirror(mirrored[..., :2])
+                out = 0.5 * (direct[..., :2] + mirrored_points)
+                pair = [direct[..., :2], mirrored_points]
+                variances += [direct[..., 2] ** 2, mirrored[..., 2][:, net.mirror_perm] ** 2]
+            else:
+                out, pair = outs[k][..., :2], [outs[k][..., :2]]
+                variances.append(outs[k][..., 2] ** 2)
+            if dx or dy:
+                out, pair = moved_back(out, dx, dy), [moved_back(p, dx, dy) for p in pair]
+            averaged.append(out)
+            seen += pair
+        points = averaged[0] if len(averaged) == 1 else torch.stack(averaged).mean(0)
+        disagreement = (torch.stack(seen) - points).pow(2).sum(-1).mean(0)
+        spread = (torch.stack(variances).mean(0) + disagreement).sqrt()
+        return torch.cat([points, spread.unsqueeze(-1)], dim=-1)
+
+    # The view settings a served file offers (facekp.contract.VIEW_SETTINGS), each a method of the TorchScript
+    # file: the face as it is; with its mirror image; and moved the recipe's shift both ways, each mirrored.
+    def views_1(self, x: torch.Tensor) -> torch.Tensor:
+        return self.answers(x, False, ((0, 0),))
+
+    def views_2(self, x: torch.Tensor) -> torch.Tensor:
+        return self.answers(x, True, ((0, 0),))
+
+    def views_6(self, x: torch.Tensor) -> torch.Tensor:
+        return self.answers(x, True, shift_views(SERVED_VIEWS.shift))
+
+
+def moved_back(points: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """A moved view's (x, y) answers moved back onto the face (python floats: constants in the trace)."""
+    return torch.stack([points[..., 0] - dx / HALF, points[..., 1] - dy / HALF], dim=-1)
 
 
 def networks_from_weights(weights: dict[str, torch.Tensor], widths: tuple[int, ...],
