@@ -35,6 +35,18 @@ KEYPOINT_NAMES: tuple[str, ...] = (
 
 NUM_KEYPOINTS = len(KEYPOINT_NAMES)
 
+
+def _ibug68_names() -> tuple[str, ...]:
+    """The 68 iBUG 300-W points in their order; "left" and "right" are the subject's, as above (iBUG numbers
+    from the image's left: its first brow and eye, points 17-21 and 36-41, are the subject's right)."""
+    parts = [("jaw", 17), ("right_eyebrow", 5), ("left_eyebrow", 5), ("nose_bridge", 4), ("nose_lower", 5),
+             ("right_eye", 6), ("left_eye", 6), ("mouth_outer", 12), ("mouth_inner", 8)]
+    return tuple(f"{part}_{k}" for part, count in parts for k in range(1, count + 1))
+
+
+IBUG68_NAMES = _ibug68_names()
+"""Names of the 68 iBUG 300-W points, in iBUG order (the data set's keypoints68, the model's points 15-82)."""
+
 MEAN_LAYOUT = np.array([
     [64.72, 38.52], [30.94, 38.81], [58.06, 38.85], [71.03, 38.17], [37.48, 39.06], [24.62, 38.51], [57.45, 27.51],
     [78.06, 29.55], [37.84, 27.72], [16.87, 30.05], [48.76, 58.91], [62.01, 76.09], [34.66, 76.34], [48.72, 72.08],

@@ -19,9 +19,20 @@ from typing import Any
 
 import numpy as np
 
-from facekp.contract import KEYPOINT_NAMES, MEAN_LAYOUT, rescale_pixels
+from facekp.contract import KEYPOINT_NAMES, MEAN_LAYOUT, NUM_KEYPOINTS, rescale_pixels
 from handler.face_detector import MAX_SIDE, SCORE_THRESHOLD, Detection, FaceDetector
-from handler.processing import MAX_PIXELS, Reply, decode_photo, read_request, reply_for, reply_for_failure
+from handler.processing import (
+    MAX_PIXELS,
+    FaceAnswer,
+    Reply,
+    RequestError,
+    decode_photo,
+    face_answer,
+    point_objects,
+    read_request,
+    reply_for,
+    reply_for_failure,
+)
 from handler.settings import HandlerSettings
 from handler.square import Square, fit_square
 
@@ -52,22 +63,24 @@ def first_square(detection: Detection) -> Square:
 
 def keypoints_for(grays: list[np.ndarray], squares: list[list[Square]],
                   run_model: Callable[[np.ndarray], np.ndarray], refine_steps: int = REFINE_STEPS
-                  ) -> list[list[np.ndarray]]:
-    """(15, 2) image pixels for each square of each image; all faces in one model call per step."""
+                  ) -> list[list[tuple[Square, np.ndarray]]]:
+    """For each square of each image, the square the face was last read in and the model's answer there (its
+    normalized points, with confidences where the model gives them); all faces in one model call per step.
+    Each step re-frames a face from its 15 keypoints."""
     flat = [(i, j) for i, per_image in enumerate(squares) for j in range(len(per_image))]
     current = [squares[i][j] for i, j in flat]
-    points: list[np.ndarray] = []
+    outputs: np.ndarray = np.empty((0,))
     for step in range(refine_steps + 1):
         if not flat:
             break
         batch = np.stack([sq.crop(grays[i]) for (i, _), sq in zip(flat, current, strict=True)])[:, None]
         outputs = run_model(batch)
-        points = [sq.to_image(out) for out, sq in zip(outputs, current, strict=True)]
         if step < refine_steps:
-            current = [fit_square(p, MEAN_LAYOUT) for p in points]
-    result: list[list[np.ndarray]] = [[] for _ in squares]
-    for (i, _), p in zip(flat, points, strict=True):
-        result[i].append(p)
+            current = [fit_square(sq.to_image(out[:NUM_KEYPOINTS, :2]), MEAN_LAYOUT)
+                       for out, sq in zip(outputs, current, strict=True)]
+    result: list[list[tuple[Square, np.ndarray]]] = [[] for _ in squares]
+    for (i, _), sq, out in zip(flat, current, outputs, strict=True):
+        result[i].append((sq, out))
     return result
 
 
@@ -75,19 +88,22 @@ def largest_first(detections: list[Detection], max_faces: int = MAX_FACES) -> li
     return sorted(detections, key=lambda d: -d.box[2] * d.box[3])[:max_faces]
 
 
-def faces_json(detections: list[Detection], points: list[np.ndarray], width: int, height: int) -> dict[str, Any]:
-    """The answer: every face, largest first, box and keypoints in pixels of the image as sent."""
-    return {
-        "faces": [
-            {"box": {"x": round(d.box[0], 1), "y": round(d.box[1], 1), "width": round(d.box[2], 1),
-                     "height": round(d.box[3], 1)},
-             "score": round(d.score, 3),
-             "keypoints": [{"name": name, "x": round(float(x), 2), "y": round(float(y), 2)}
-                           for name, (x, y) in zip(KEYPOINT_NAMES, p, strict=True)]}
-            for d, p in zip(detections, points, strict=True)
-        ],
-        "image": {"width": width, "height": height},
-    }
+def faces_json(detections: list[Detection], points: list[np.ndarray], width: int, height: int,
+               answers: list[FaceAnswer] | None = None) -> dict[str, Any]:
+    """The answer: every face, largest first, box and keypoints in pixels of the image as sent (named as
+    answers say, with their confidences and the face's quality where the model gives them)."""
+    faces = []
+    for k, (d, p) in enumerate(zip(detections, points, strict=True)):
+        answer = answers[k] if answers else None
+        face = {"box": {"x": round(d.box[0], 1), "y": round(d.box[1], 1), "width": round(d.box[2], 1),
+                        "height": round(d.box[3], 1)},
+                "score": round(d.score, 3),
+                "keypoints": point_objects(p, answer.confidence if answer else None,
+                                           answer.names if answer else KEYPOINT_NAMES)}
+        if answer is not None and answer.quality is not None:
+            face["quality"] = round(answer.quality, 3)
+        faces.append(face)
+    return {"faces": faces, "image": {"width": width, "height": height}}
 
 
 def answer_photos(requests: list[dict[str, Any]], detector: FaceDetector, run_model: Callable[[np.ndarray], np.ndarray],
@@ -113,12 +129,18 @@ def answer_photos(requests: list[dict[str, Any]], detector: FaceDetector, run_mo
         scales.append(scale)
         slots.append(i)
         incomings.append(incoming)
-    points = keypoints_for(grays, squares, run_model, refine_steps)
+    read = keypoints_for(grays, squares, run_model, refine_steps)
     for slot, detections, per_face, (width, height), scale, incoming in zip(
-            slots, found, points, sizes, scales, incomings, strict=True):
+            slots, found, read, sizes, scales, incomings, strict=True):
+        try:
+            answers = [face_answer(out, incoming.points) for _, out in per_face]
+        except RequestError as err:
+            replies[slot] = reply_for_failure(slot, err)
+            continue
         # the detector's boxes are in continuous coordinates (edges), the keypoints in pixel-centre ones
         detections = [Detection(tuple(v * scale for v in d.box), d.score, d.landmarks * scale) for d in detections]
-        plain = faces_json(detections, [rescale(p, scale) for p in per_face], width, height)
+        points = [rescale(sq.to_image(a.normalized), scale) for (sq, _), a in zip(per_face, answers, strict=True)]
+        plain = faces_json(detections, points, width, height, answers)
         replies[slot] = reply_for(slot, incoming, plain, model_name)
     return replies  # type: ignore[return-value]
 

@@ -29,7 +29,7 @@ class FacesHandler(ModelHandler):
 
     def handle(self, data: list[dict], context) -> list[str]:
         settings = self.settings
-        replies = answer_photos(data, self.detector, self.keypoints.run, settings.max_pixels,
+        replies = answer_photos(data, self.detector, self.keypoints.every_point, settings.max_pixels,
                                 self.request_headers(data, context), settings.max_faces, settings.refine_steps,
                                 self.model_name)
         faces = sum(len(r.body.get("faces", [])) for r in replies)

@@ -102,10 +102,12 @@ def view_answer(model: torch.nn.Module, views: int | None) -> str | None:
 
 
 def model_runner(model: torch.nn.Module, device: torch.device, precision: str, freeze: bool = True,
-                 channels_last: bool | None = None, method: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
+                 channels_last: bool | None = None, method: str | None = None,
+                 all_points: bool = False) -> Callable[[np.ndarray], np.ndarray]:
     """batch (N, 1, 96, 96) float32 -> (N, 15, 2) float32, on device, in precision (model frozen first);
     channels-last weights and inputs where channels_last says so (None: channels_last_on(device)). method: a
-    view setting's (view_answer) instead of forward(), its 15 keypoints."""
+    view setting's (view_answer) instead of forward(), its 15 keypoints, or with all_points all it answers:
+    (N, points, 3), each point's x, y and confidence."""
     channels_last = channels_last_on(device) if channels_last is None else channels_last
     if freeze:
         model = for_inference(model, device, precision, channels_last, (method,) if method else ())
@@ -118,7 +120,9 @@ def model_runner(model: torch.nn.Module, device: torch.device, precision: str, f
     def run(batch: np.ndarray) -> np.ndarray:
         with autocast(precision, device.type):
             out = answer(torch.from_numpy(batch).to(device, memory_format=layout))
-        return (out[:, :NUM_KEYPOINTS, :2] if method else out).float().cpu().numpy()
+        if method and not all_points:
+            out = out[:, :NUM_KEYPOINTS, :2]
+        return out.float().cpu().numpy()
 
     return run
 
@@ -134,6 +138,14 @@ class ServedModel:
     frozen: bool
     views: int | None = None
     """The view setting it answers with; None: the file's forward() (a file without view settings)."""
+    answer: Callable[[np.ndarray], np.ndarray] | None = None
+    """batch -> (N, points, 3): every point the file answers (the 15, then the 68 where it has them), each with
+    its confidence; None for a file without view settings."""
+
+    @property
+    def every_point(self) -> Callable[[np.ndarray], np.ndarray]:
+        """answer where the file has view settings, else run: what the handlers answer requests with."""
+        return self.answer or self.run
 
     def describe(self) -> str:
         views = "the file's own views" if self.views is None else f"{self.views} view{'s' * (self.views > 1)}"
@@ -149,8 +161,14 @@ def prepare_model(model: torch.nn.Module, device: torch.device, precision: str =
     loaded for their worker's device."""
     chosen = choose_precision(precision, device)
     method = view_answer(model, views)
-    return ServedModel(model_runner(model, device, chosen, freeze, method=method), device, chosen, freeze,
-                       views if method else None)
+    if method is None:
+        return ServedModel(model_runner(model, device, chosen, freeze), device, chosen, freeze)
+    answer = model_runner(model, device, chosen, freeze, method=method, all_points=True)  # frozen once
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return answer(batch)[:, :NUM_KEYPOINTS, :2]
+
+    return ServedModel(run, device, chosen, freeze, views, answer)
 
 
 def load_model(model_file: Path, device: torch.device | None = None, precision: str = "auto",

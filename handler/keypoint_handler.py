@@ -21,8 +21,8 @@ logger = logging.getLogger(__name__)
 
 class KeypointHandler(ModelHandler):
     def handle(self, data: list[dict], context) -> list[str]:
-        replies = answer_batch(data, self.keypoints.run, self.settings.max_pixels, self.request_headers(data, context),
-                               self.model_name)
+        replies = answer_batch(data, self.keypoints.every_point, self.settings.max_pixels,
+                               self.request_headers(data, context), self.model_name)
         refused = sum(reply.status != 200 for reply in replies)
         logger.info("batch of %d: %d answered, %d refused", len(replies), len(replies) - refused, refused)
         return self.respond(replies, context)

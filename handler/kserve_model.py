@@ -26,7 +26,7 @@ from handler.kserve_protocol import (
     kserve_answer,
     requested_outputs,
 )
-from handler.processing import Incoming, Reply, RequestError, answer_batch
+from handler.processing import Incoming, Reply, RequestError, answer_batch, points_asked
 from handler.settings import HandlerSettings
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ def make_model(name: str, model_file: Path, settings: HandlerSettings, batch_siz
             return self.ready
 
         def answer_batch(self, requests: list[Incoming | dict]) -> list[Reply]:
-            return answer_batch(requests, self.keypoints.run, settings.max_pixels, None, self.name)
+            return answer_batch(requests, self.keypoints.every_point, settings.max_pixels, None, self.name)
 
         async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
             if isinstance(payload, InferRequest):  # v2, REST or gRPC, parsed by kserve
@@ -72,9 +72,12 @@ def make_model(name: str, model_file: Path, settings: HandlerSettings, batch_siz
                 body = v2_request_of(request)
                 image = image_from_kserve(body)
                 asked = [output["name"] for output in requested_outputs(body, list(V2_OUTPUTS))]
+                points = points_asked((request.parameters or {}).get("points"))
             except ProtocolError as err:
                 raise BadRequest(400, str(err)) from None
-            plain = self.checked(await self.batcher.answer(Incoming(image))).body
+            except RequestError as err:
+                raise BadRequest(err.status, err.message) from None
+            plain = self.checked(await self.batcher.answer(Incoming(image, points=points))).body
             answer = {"id": request.id or "", **kserve_answer("v2", plain, {"id": request.id}, self.name)}
             answer["outputs"] = [o for o in answer["outputs"] if not asked or o["name"] in asked]
             binary = request.use_binary_outputs or any(o.binary_data for o in request.request_outputs or [])
@@ -103,7 +106,9 @@ def make_model(name: str, model_file: Path, settings: HandlerSettings, batch_siz
 
         def get_output_types(self) -> list[dict]:
             return [{"name": "keypoints", "datatype": "FP32", "shape": [1, NUM_KEYPOINTS, 2]},
-                    {"name": "image_size", "datatype": "INT32", "shape": [1, 2]}]
+                    {"name": "image_size", "datatype": "INT32", "shape": [1, 2]},
+                    {"name": "confidence", "datatype": "FP32", "shape": [1, NUM_KEYPOINTS]},
+                    {"name": "quality", "datatype": "FP32", "shape": [1]}]
 
     model = KeypointModel(name)
     model.load()

@@ -37,7 +37,7 @@ import numpy as np
 from facekp.contract import NUM_KEYPOINTS
 
 V2_INPUT = "image"
-V2_OUTPUTS = ("keypoints", "image_size")
+V2_OUTPUTS = ("keypoints", "image_size", "confidence", "quality")
 BINARY_HEADER = "Inference-Header-Content-Length"
 """The binary tensor data extension's header: how many bytes of the body are the JSON part."""
 
@@ -178,17 +178,23 @@ def kserve_answer(protocol: str, answer: Mapping[str, Any], request: Mapping[str
     if "faces" in answer:
         faces = answer["faces"]
         boxes = [f["box"][k] for f in faces for k in ("x", "y", "width", "height")]
+        per_face = [f["keypoints"] for f in faces]
         outputs = [
             {"name": "boxes", "shape": [len(faces), 4], "datatype": "FP32", "data": boxes},
             {"name": "scores", "shape": [len(faces)], "datatype": "FP32", "data": [f["score"] for f in faces]},
-            {"name": "keypoints", "shape": [len(faces), NUM_KEYPOINTS, 2], "datatype": "FP32",
-             "data": [v for f in faces for p in f["keypoints"] for v in (p["x"], p["y"])]},
         ]
     else:
-        xy = [value for point in answer["keypoints"] for value in (point["x"], point["y"])]
-        outputs = [{"name": "keypoints", "shape": [1, NUM_KEYPOINTS, 2], "datatype": "FP32", "data": xy}]
+        faces, per_face, outputs = [answer], [answer["keypoints"]], []
+    count = len(per_face[0]) if per_face else NUM_KEYPOINTS
+    outputs.append({"name": "keypoints", "shape": [len(per_face), count, 2], "datatype": "FP32",
+                    "data": [v for points in per_face for p in points for v in (p["x"], p["y"])]})
     outputs.append({"name": "image_size", "shape": [1, 2], "datatype": "INT32",
                     "data": [image["width"], image["height"]]})
+    if per_face and per_face[0] and "confidence" in per_face[0][0]:  # a model that gives them
+        outputs.append({"name": "confidence", "shape": [len(per_face), count], "datatype": "FP32",
+                        "data": [p["confidence"] for points in per_face for p in points]})
+        outputs.append({"name": "quality", "shape": [len(faces)], "datatype": "FP32",
+                        "data": [f["quality"] for f in faces]})
     reply["outputs"] = outputs
     return reply
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from facekp.contract import IMAGE_SIZE, KEYPOINT_NAMES
+from facekp.contract import IBUG68_NAMES, IMAGE_SIZE, KEYPOINT_NAMES, NUM_KEYPOINTS
 from handler import kserve_protocol
 from handler.square import Square
 
@@ -38,6 +38,10 @@ FORM_POST_MESSAGE = (
 """TorchServe's frontend parses such a body as form fields before the handler sees it."""
 
 _SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+
+POINTS = (15, 68)
+"""What a request may ask for (header `Points`, form field `points`, v2 parameter `points`): the 15 named
+keypoints (the default) or the 68 iBUG points."""
 
 
 class RequestError(Exception):
@@ -75,6 +79,8 @@ class Incoming:
 
     image: bytes
     envelope: Mapping[str, Any] | None = None
+    points: int = 15
+    """The points it asked for (read_request): 15 or 68."""
 
     def reply(self, plain: dict[str, Any], model_name: str) -> Reply:
         """The plain answer in the form this request came in: as it is, or KServe v2/v1 (model_name goes into v2),
@@ -101,6 +107,32 @@ def read_request(request: dict[str, Any], headers: Mapping[str, Any] | None = No
     counts as a file.
     """
     headers = headers or {}
+    # TorchServe 0.12 drops the query string of /predictions before the handler (pytorch/serve#989), so the
+    # points come as a header (-H 'Points: 68') or a multipart form field (-F points=68)
+    asked = request.get("points", _header(headers, "points") or None)
+    points = points_asked(asked)
+    request = {name: value for name, value in request.items() if name != "points"}
+    incoming = _read_image(request, headers)
+    if incoming.envelope is not None:
+        parameters = incoming.envelope.get("parameters") or {}
+        if isinstance(parameters, Mapping) and "points" in parameters:
+            points = points_asked(parameters["points"])
+    return Incoming(incoming.image, incoming.envelope, points)
+
+
+def points_asked(value: Any) -> int:
+    """15 or 68 from a header or form field (str or bytes, as TorchServe passes them) or a v2 parameter; absent:
+    15."""
+    if value is None:
+        return 15
+    text = value.decode(errors="replace") if isinstance(value, (bytes, bytearray)) else str(value)
+    if text.strip() not in {str(n) for n in POINTS}:
+        raise RequestError(400, f"points must be 15 (the named keypoints) or 68 (the iBUG 300-W points), "
+                                f"got {text[:20]!r}")
+    return int(text)
+
+
+def _read_image(request: dict[str, Any], headers: Mapping[str, Any]) -> Incoming:
     if _header(headers, "content-type").startswith("application/x-www-form-urlencoded"):
         # TorchServe has parsed the body as form fields, so the image bytes are gone.
         raise RequestError(415, FORM_POST_MESSAGE)
@@ -253,15 +285,50 @@ def to_model_input(image: Image.Image) -> tuple[np.ndarray, Frame]:
     return frame.square.crop(np.asarray(image, dtype=np.uint8))[None], frame
 
 
-def keypoints_json(image_px: np.ndarray, frame: Frame) -> dict[str, Any]:
-    """The response body: each keypoint named, in the contract's order, in image pixels."""
-    return {
-        "keypoints": [
-            {"name": name, "x": round(float(x), 2), "y": round(float(y), 2)}
-            for name, (x, y) in zip(KEYPOINT_NAMES, image_px, strict=True)
-        ],
-        "image": {"width": frame.width, "height": frame.height},
-    }
+def keypoints_json(image_px: np.ndarray, frame: Frame, confidence: np.ndarray | None = None,
+                   names: tuple[str, ...] = KEYPOINT_NAMES, quality: float | None = None) -> dict[str, Any]:
+    """The response body: each keypoint named, in the contract's order (or iBUG's), in image pixels, with its
+    confidence and the face's quality where the model gives them."""
+    body = {"keypoints": point_objects(image_px, confidence, names),
+            "image": {"width": frame.width, "height": frame.height}}
+    if quality is not None:
+        body["quality"] = round(quality, 3)
+    return body
+
+
+def point_objects(image_px: np.ndarray, confidence: np.ndarray | None = None,
+                  names: tuple[str, ...] = KEYPOINT_NAMES) -> list[dict[str, Any]]:
+    """[{name, x, y[, confidence]}] for points in image pixels."""
+    objects = [{"name": name, "x": round(float(x), 2), "y": round(float(y), 2)}
+               for name, (x, y) in zip(names, image_px, strict=True)]
+    if confidence is not None:
+        for point, value in zip(objects, confidence, strict=True):
+            point["confidence"] = round(float(value), 3)
+    return objects
+
+
+@dataclass(frozen=True)
+class FaceAnswer:
+    """The model's answer for one face, cut to the points a request asked for."""
+
+    normalized: np.ndarray  # (points, 2) in the model's coordinates
+    confidence: np.ndarray | None
+    names: tuple[str, ...]
+    quality: float | None  # the mean confidence of the 15 named keypoints
+
+
+def face_answer(output: np.ndarray, points: int = 15) -> FaceAnswer:
+    """One face's model output, (15, 2) from a file's forward() or (points, 3) from a view setting, as the 15
+    named keypoints or the 68 iBUG points (RequestError where the model has no 68)."""
+    with_confidence = output.shape[-1] == 3
+    quality = float(output[:NUM_KEYPOINTS, 2].mean()) if with_confidence else None
+    if points == 68:
+        if output.shape[0] < NUM_KEYPOINTS + 68:
+            raise RequestError(400, "this model answers the 15 named keypoints only: ask without points=68")
+        part, names = output[NUM_KEYPOINTS:NUM_KEYPOINTS + 68], IBUG68_NAMES
+    else:
+        part, names = output[:NUM_KEYPOINTS], KEYPOINT_NAMES
+    return FaceAnswer(part[:, :2], part[:, 2] if with_confidence else None, names, quality)
 
 
 def error_json(error: RequestError) -> dict[str, Any]:
@@ -292,6 +359,9 @@ def answer_batch(
 ) -> list[Reply]:
     """Answer a server-side batch: bad requests get their own 4xx, the rest one model call.
 
+    run_model answers (N, 15, 2), or (N, points, 3) with every point and its confidence (ServedModel.answer);
+    each request gets the points it asked for (?points=15 or 68).
+
     Each answer is in its own request's form: plain JSON, or KServe v2/v1 (model_name goes into v2's).
     A request already read (an Incoming, as the kserve predictor hands over) is not read again.
 
@@ -315,7 +385,13 @@ def answer_batch(
     if inputs:
         outputs = run_model(np.stack(inputs))
         for slot, output, frame, incoming in zip(slots, outputs, frames, incomings, strict=True):
-            plain = keypoints_json(frame.square.to_image(output), frame)
+            try:
+                face = face_answer(output, incoming.points)
+            except RequestError as err:
+                replies[slot] = reply_for_failure(slot, err)
+                continue
+            plain = keypoints_json(frame.square.to_image(face.normalized), frame, face.confidence, face.names,
+                                   face.quality)
             replies[slot] = reply_for(slot, incoming, plain, model_name)
     return replies  # type: ignore[return-value]
 

@@ -173,3 +173,26 @@ def test_crop_repeats_edge_pixels_outside_the_image():
     gray[:, :5] = 10
     out = Square(-50.0, 0.0, 100.0).crop(gray)
     assert out.shape == (96, 96) and out[:, :40].max() < 0.1 and out[:, -10:].min() > 0.7
+
+
+def test_68_points_and_their_confidence_through_both_routes(service):
+    """A Points: 68 header (or a points form field) answers the iBUG 300-W points on the photo path and the crop
+    path, each with a confidence; the 15 named keypoints carry one too, and each face a quality. (TorchServe
+    0.12 drops a query string before the handler, so ?points=68 cannot be read there.)"""
+    from facekp.contract import IBUG68_NAMES
+
+    (face,) = requests.put(f"{service.inference_url}/predictions/faces", data=encode(PORTRAIT),
+                           headers={"Points": "68"}, timeout=TIMEOUT).json()["faces"]
+    assert [p["name"] for p in face["keypoints"]] == list(IBUG68_NAMES)
+    points = np.array([[p["x"], p["y"]] for p in face["keypoints"]])
+    assert np.all((points >= [FACE_BOX[0] - 10, FACE_BOX[1] - 10]) & (points <= [FACE_BOX[2] + 10, FACE_BOX[3] + 30]))
+    assert points[45, 0] > points[36, 0], "iBUG 45, the subject's left eye's outer corner, is on the image's right"
+    assert all(0 <= p["confidence"] <= 1 for p in face["keypoints"]) and 0 < face["quality"] <= 1
+    fifteen = put(service, encode(PORTRAIT)).json()["faces"][0]
+    assert [p["name"] for p in fifteen["keypoints"]] == list(KEYPOINT_NAMES) and fifteen["quality"] == face["quality"]
+    crop = requests.post(f"{service.inference_url}/predictions/keypoints", data={"points": "68"},
+                         files={"data": (REPO_ROOT / "samples" / "astronaut_face.png").read_bytes()}, timeout=TIMEOUT)
+    assert crop.status_code == 200 and len(crop.json()["keypoints"]) == 68
+    refused = requests.put(f"{service.inference_url}/predictions/faces", data=encode(PORTRAIT),
+                           headers={"Points": "5"}, timeout=TIMEOUT)
+    assert refused.status_code == 400 and "points must be 15" in refused.json()["error"]

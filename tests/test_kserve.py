@@ -151,7 +151,25 @@ def test_predictor_is_ready_and_describes_its_tensors(kserve_predictor):
     meta = requests.get(f"{kserve_predictor}/v2/models/keypoints", timeout=10).json()
     assert meta["name"] == "keypoints"
     assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [1]}]
-    assert [o["name"] for o in meta["outputs"]] == ["keypoints", "image_size"]
+    assert [o["name"] for o in meta["outputs"]] == ["keypoints", "image_size", "confidence", "quality"]
+
+
+@pytest.mark.parametrize("server", ["torchserve", "predictor"])
+def test_v2_parameters_ask_for_the_68_points_with_their_confidence(server, torchserve_kserve, kserve_predictor):
+    """{"parameters": {"points": 68}}: keypoints [1, 68, 2], confidence [1, 68], quality [1], on both routes."""
+    base = torchserve_kserve.inference_url if server == "torchserve" else kserve_predictor
+    face = distinct_faces(1)[0]
+    reply = requests.post(f"{base}/v2/models/keypoints/infer", json={**v2_request(face), "parameters": {"points": 68}},
+                          timeout=60)
+    assert reply.status_code == 200, reply.text
+    outputs = {o["name"]: o for o in reply.json()["outputs"]}
+    assert outputs["keypoints"]["shape"] == [1, 68, 2] and outputs["confidence"]["shape"] == [1, 68]
+    assert all(0 <= c <= 1 for c in outputs["confidence"]["data"]) and 0 < outputs["quality"]["data"][0] <= 1
+    fifteen = requests.post(f"{base}/v2/models/keypoints/infer", json=v2_request(face), timeout=60).json()
+    assert {o["name"]: o for o in fifteen["outputs"]}["confidence"]["shape"] == [1, 15]
+    refused = requests.post(f"{base}/v2/models/keypoints/infer", json={**v2_request(face), "parameters": {"points": 5}},
+                            timeout=60)
+    assert refused.status_code == 400 and "points must be 15" in refused.text
 
 
 def test_predictor_answers_what_torchserve_answers(kserve_predictor, torchserve_kserve, faces):

@@ -1,5 +1,6 @@
 """The handler's plain functions, without TorchServe: decoding, preprocessing, mapping back."""
 
+import base64
 import io
 
 import numpy as np
@@ -206,3 +207,49 @@ def test_an_unexpected_error_fails_only_its_own_request(face, monkeypatch):
     replies = processing.answer_batch([good, odd, good], lambda b: np.zeros((len(b), 15, 2), np.float32))
     assert [r.status for r in replies] == [200, 500, 200]
     assert replies[1].body == {"error": "internal error while reading the image", "code": 500}
+
+
+def every_point_model(batch: np.ndarray) -> np.ndarray:
+    """A stand-in for a file's view setting: 83 points (the 15, then the 68), each with a confidence."""
+    out = np.zeros((len(batch), 83, 3), np.float32)
+    out[..., 0] = np.linspace(-0.5, 0.5, 83)
+    out[..., 2] = np.linspace(0.2, 0.9, 83)
+    return out
+
+
+def test_the_points_asked_for_are_15_or_68_from_the_query_string_or_v2_parameters(face):
+    png = encode(face, "PNG")
+    assert processing.read_request({"body": png}).points == 15
+    assert processing.read_request({"body": png}, {"Points": "68"}).points == 68  # curl -H 'Points: 68'
+    assert processing.read_request({"data": png, "points": b"68"}).points == 68  # curl -F data=@face.png -F points=68
+    v2 = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                      "data": [base64.b64encode(png).decode()]}], "parameters": {"points": 68}}
+    assert processing.read_request({"body": v2}).points == 68
+    for bad in (b"7", "all", ""):
+        with pytest.raises(RequestError, match="points must be 15 .* or 68") as err:
+            processing.read_request({"body": png, "points": bad})
+        assert err.value.status == 400
+
+
+def test_68_points_in_ibug_order_and_a_confidence_for_every_point(face):
+    from facekp.contract import IBUG68_NAMES
+
+    png = encode(face, "PNG")
+    plain, sixty_eight, refused = processing.answer_batch(
+        [{"body": png}, {"body": png, "points": b"68"}, {"body": png, "points": b"5"}], every_point_model)
+    assert [k["name"] for k in plain.body["keypoints"]] == list(KEYPOINT_NAMES)
+    assert [k["name"] for k in sixty_eight.body["keypoints"]] == list(IBUG68_NAMES)
+    confidences = [k["confidence"] for k in sixty_eight.body["keypoints"]]
+    assert confidences == sorted(confidences) and 0.2 < confidences[0] < confidences[-1] <= 0.9  # points 15-82
+    assert plain.body["quality"] == pytest.approx(np.linspace(0.2, 0.9, 83)[:15].mean(), abs=1e-3)
+    assert sixty_eight.body["quality"] == plain.body["quality"]  # the face's, whatever points it was asked
+    assert refused.status == 400 and "points must be 15" in refused.body["error"]
+
+
+def test_a_model_of_15_points_answers_them_without_confidence_and_refuses_68(face):
+    png = encode(face, "PNG")
+    fifteen, refused = processing.answer_batch([{"body": png}, {"body": png, "points": "68"}],
+                                               lambda batch: np.zeros((len(batch), 15, 2), np.float32))
+    assert fifteen.status == 200 and "confidence" not in fifteen.body["keypoints"][0]
+    assert "quality" not in fifteen.body
+    assert refused.status == 400 and "15 named keypoints only" in refused.body["error"]

@@ -12,7 +12,7 @@ import torch
 
 from facekp import data as facedata
 from facekp import metrics
-from facekp.contract import HALF, KEYPOINT_NAMES, denormalize, normalize
+from facekp.contract import HALF, KEYPOINT_NAMES, VIEW_SETTINGS, denormalize, normalize, view_method
 from facekp.data import REPO_ROOT
 from handler.inference import choose_precision
 from train.config import Config
@@ -59,6 +59,11 @@ def test_quick_training_writes_a_standalone_torchscript_model(tmp_path, needs_da
                             capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.strip() == "(3, 15, 2)"
+    views = torch.jit.load(str(out / "keypoints.pt"))
+    for n in VIEW_SETTINGS:  # each view setting a method of the file: x, y and a confidence for each point
+        answer = getattr(views, view_method(n))(torch.rand(3, 1, 96, 96))
+        assert answer.shape == (3, 15, 3) and torch.all(answer[..., 2] == 0.5)  # uncalibrated: a quick run's
+    assert card["confidence"].startswith("uncalibrated")
 
 
 def test_flip_averaging_is_mirror_consistent():
@@ -529,3 +534,32 @@ def test_the_device_is_cuda_where_there_is_one_and_asked_for_cuda_refused_where_
     if not gpu:
         with pytest.raises(ValueError, match="sees no CUDA device"):
             training_device("cuda")
+
+
+def test_the_confidence_is_fitted_on_a_folds_held_out_people_and_put_into_the_file(tmp_path, cv_students):
+    """train/calibrate.py on a quick fold model: a calibration, an honest report, a file that answers it."""
+    _, students = cv_students
+    calibration = tmp_path / "confidence.json"
+    fitted = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "calibrate.py"), "fit", str(students / "fold_2"),
+                             "--out", str(calibration), "--plot", str(tmp_path / "reliability.png")],
+                            capture_output=True, text=True, timeout=300)
+    assert fitted.returncode == 0, fitted.stderr
+    assert "15 points on" in fitted.stdout and "people never seen" in fitted.stdout
+    numbers = json.loads(calibration.read_text())
+    assert len(numbers["curve_a"]) == 15 and set(numbers["held_out_report"]) == {"15"}  # a quick run: no 68
+    assert (tmp_path / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    target = tmp_path / "calibrated"
+    target.mkdir()
+    for name in ("keypoints.pt", "model_card.json"):
+        (target / name).write_bytes((students / "fold_2" / name).read_bytes())
+    applied = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "calibrate.py"), "apply", str(calibration),
+                              str(target)], capture_output=True, text=True, timeout=300)
+    assert applied.returncode == 0, applied.stderr
+    model = torch.jit.load(str(target / "keypoints.pt"))
+    before = torch.jit.load(str(students / "fold_2" / "keypoints.pt"))
+    x = torch.rand(4, 1, 96, 96)
+    with torch.inference_mode():
+        assert torch.equal(model(x), before(x))  # the keypoints unchanged, to the bit
+        confidence = model.views_2(x)[..., 2]
+    assert torch.all((confidence > 0) & (confidence < 1)) and confidence.std() > 0
+    assert json.loads((target / "model_card.json").read_text())["confidence"]["calibration"] == str(calibration)

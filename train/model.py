@@ -175,6 +175,14 @@ class ServingModel(nn.Module):
         self.nets = nn.ModuleList(nets if isinstance(nets, list) else [nets])
         self.flip = flip
         self.shifts = tuple(shifts)
+        # How a point's uncertainty becomes its confidence (train/calibrate.py fits them on people the network
+        # never saw; these defaults, uncalibrated, answer 0.5 for every point): each point's usual spread, its
+        # mean error, and per point the logistic curve of P(within 5 % of the inter-ocular distance).
+        points = getattr(self.nets[0], "points", NUM_KEYPOINTS)
+        self.register_buffer("usual_spread", torch.ones(points))
+        self.register_buffer("error_prior", torch.ones(points))
+        self.register_buffer("curve_a", torch.zeros(points))
+        self.register_buffer("curve_b", torch.zeros(points))
 
     @property
     def passes_per_net(self) -> int:
@@ -229,16 +237,29 @@ class ServingModel(nn.Module):
         spread = (torch.stack(variances).mean(0) + disagreement).sqrt()
         return torch.cat([points, spread.unsqueeze(-1)], dim=-1)
 
+    def error_score(self, spread: torch.Tensor) -> torch.Tensor:
+        """(N, points) -> how large each point's error is expected to be, relative to others: its point's usual
+        error, times how unsure the network is of the whole face, times the root of how unsure of this point."""
+        relative = spread / self.usual_spread
+        return self.error_prior * relative.mean(-1, keepdim=True) * relative.sqrt()
+
+    def confident(self, answers: torch.Tensor) -> torch.Tensor:
+        """answers() with the uncertainty turned into the calibrated confidence in [0, 1]."""
+        score = self.error_score(answers[..., 2]).clamp(min=1e-8)
+        confidence = torch.sigmoid(self.curve_a + self.curve_b * score.log())
+        return torch.cat([answers[..., :2], confidence.unsqueeze(-1)], dim=-1)
+
     # The view settings a served file offers (facekp.contract.VIEW_SETTINGS), each a method of the TorchScript
-    # file: the face as it is; with its mirror image; and moved the recipe's shift both ways, each mirrored.
+    # file answering (N, points, 3): x, y and the confidence. The face as it is; with its mirror image; and
+    # moved the recipe's shift both ways, each mirrored.
     def views_1(self, x: torch.Tensor) -> torch.Tensor:
-        return self.answers(x, False, ((0, 0),))
+        return self.confident(self.answers(x, False, ((0, 0),)))
 
     def views_2(self, x: torch.Tensor) -> torch.Tensor:
-        return self.answers(x, True, ((0, 0),))
+        return self.confident(self.answers(x, True, ((0, 0),)))
 
     def views_6(self, x: torch.Tensor) -> torch.Tensor:
-        return self.answers(x, True, shift_views(SERVED_VIEWS.shift))
+        return self.confident(self.answers(x, True, shift_views(SERVED_VIEWS.shift)))
 
 
 def moved_back(points: torch.Tensor, dx: int, dy: int) -> torch.Tensor:

@@ -28,6 +28,7 @@ import torch
 from facekp import data as facedata
 from facekp import metrics
 from facekp.contract import denormalize
+from train import calibrate
 from train.augment import AugmentConfig
 from train.config import QUICK_SETTINGS, Config
 from train.exported import (
@@ -195,9 +196,11 @@ def train(cfg: Config) -> dict:
                                      device=device)
     minutes = round((time.time() - stage_start) / 60, 2)
     exported = ServingModel(student, recipe.served.flip, shift_views(recipe.served.shift)).eval()
+    confidence = (calibrate.described(calibrate.CALIBRATION, json.loads(calibrate.CALIBRATION.read_text()))
+                  if calibrate.apply(exported) else "uncalibrated: every point 0.5 (train/calibrate.py)")
     stages.append({"stage": "student", "file": str(out / MODEL_FILE), "command": command, "minutes": minutes})
     card = write_model(exported, recipe.student, recipe.served, out / MODEL_FILE, out / CARD_FILE, val_faces,
-                       cfg.all_people, {**common, "teacher": teacher_card, "stages": stages,
+                       cfg.all_people, {**common, "teacher": teacher_card, "stages": stages, "confidence": confidence,
                         "training_minutes": round((time.time() - start) / 60, 2), "history": history})
     print(f"saved {out / MODEL_FILE} ({card['size_bytes'] / 1e6:.1f} MB, {card['network_passes_per_face']} network "
           f"passes per face) and {out / CARD_FILE}: validation score {card['validation']['score']:.1f} (teacher "
