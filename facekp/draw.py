@@ -1,9 +1,10 @@
-"""Draw the service's answer onto the photo: boxes and the 15 keypoints of every face (PNG).
+"""Draw the service's answer onto the photo: boxes and the 15 keypoints, or the 68, of every face (PNG).
 
-    python -m facekp.draw samples/astronaut.png -o docs/photos/astronaut.png
+    python -m facekp.draw samples/astronaut.png -o docs/photos/astronaut.png --points 68
     python -m facekp.draw photo.jpg -o out.png --url http://127.0.0.1:8080
 
-Subject-left points are red, subject-right blue, midline green (as in the data set's preview).
+Subject-left points are red, subject-right blue, midline and jaw green (as in the data set's preview);
+a point the service is not confident of (under --grey-below) is grey.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from PIL import Image, ImageDraw, ImageOps
 from facekp.replies import RETRY_STATUSES, backoff_s
 
 COLOURS = {"left": (230, 40, 40), "right": (40, 90, 230), "mid": (30, 180, 60)}
+UNSURE = (150, 150, 150)
+GREY_BELOW = 0.5  # the confidence under which a point is drawn grey: less likely right than wrong
 
 
 def side_of(name: str) -> str:
@@ -26,8 +29,9 @@ def side_of(name: str) -> str:
     return "left" if "left" in words else "right" if "right" in words else "mid"
 
 
-def draw(photo: Image.Image, answer: dict) -> Image.Image:
-    """The photo (EXIF orientation applied, as the service sees it) with the answer drawn on it."""
+def draw(photo: Image.Image, answer: dict, grey_below: float = GREY_BELOW) -> Image.Image:
+    """The photo (EXIF orientation applied, as the service sees it) with the answer drawn on it; points with a
+    confidence under grey_below in grey."""
     canvas = ImageOps.exif_transpose(photo).convert("RGB")
     pen = ImageDraw.Draw(canvas)
     unit = max(1.0, max(canvas.size) / 400)
@@ -35,17 +39,20 @@ def draw(photo: Image.Image, answer: dict) -> Image.Image:
         box = face["box"]
         pen.rectangle([box["x"], box["y"], box["x"] + box["width"], box["y"] + box["height"]],
                       outline=(255, 220, 0), width=max(1, round(unit)))
-        radius = max(1.5, min(box["width"] / 60, 3 * unit))
+        radius = max(1.5, min(box["width"] / (60 if len(face["keypoints"]) <= 15 else 100), 3 * unit))
         for point in face["keypoints"]:
             x, y = point["x"], point["y"]
-            pen.ellipse([x - radius, y - radius, x + radius, y + radius], fill=COLOURS[side_of(point["name"])])
+            sure = point.get("confidence", 1.0) >= grey_below
+            pen.ellipse([x - radius, y - radius, x + radius, y + radius],
+                        fill=COLOURS[side_of(point["name"])] if sure else UNSURE)
         pen.text((box["x"], box["y"] - 12 * unit), f"{face['score']:.2f}", fill=(255, 220, 0))
     return canvas
 
 
-def ask(url: str, body: bytes, timeout: float = 60.0) -> dict:
+def ask(url: str, body: bytes, points: int = 15, timeout: float = 60.0) -> dict:
     for attempt in range(6):
-        reply = requests.put(f"{url.rstrip('/')}/predictions/faces", data=body, timeout=timeout)
+        reply = requests.put(f"{url.rstrip('/')}/predictions/faces", data=body, headers={"Points": str(points)},
+                             timeout=timeout)
         if reply.status_code not in RETRY_STATUSES:
             break
         time.sleep(backoff_s(attempt))
@@ -59,14 +66,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("photo", type=Path)
     parser.add_argument("-o", "--out", type=Path, required=True, help="PNG to write")
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="the service (make serve)")
+    parser.add_argument("--points", type=int, choices=(15, 68), default=15, help="the 15 named keypoints or the 68")
+    parser.add_argument("--grey-below", type=float, default=GREY_BELOW, help="confidence under which a point is grey")
     args = parser.parse_args(argv)
     try:
-        answer = ask(args.url, args.photo.read_bytes())
+        answer = ask(args.url, args.photo.read_bytes(), args.points)
     except (OSError, RuntimeError, requests.RequestException) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    draw(Image.open(args.photo), answer).save(args.out)
+    draw(Image.open(args.photo), answer, args.grey_below).save(args.out)
     print(f"wrote {args.out}: {len(answer['faces'])} face(s)")
     return 0
 

@@ -196,3 +196,14 @@ def test_68_points_and_their_confidence_through_both_routes(service):
     refused = requests.put(f"{service.inference_url}/predictions/faces", data=encode(PORTRAIT),
                            headers={"Points": "5"}, timeout=TIMEOUT)
     assert refused.status_code == 400 and "points must be 15" in refused.json()["error"]
+
+
+def test_draw_greys_out_the_points_the_service_is_not_confident_of():
+    from facekp import draw
+
+    answer = {"faces": [{"box": {"x": 10, "y": 10, "width": 80, "height": 80}, "score": 0.99, "keypoints": [
+        {"name": "left_eye_center", "x": 30, "y": 30, "confidence": 0.9},
+        {"name": "jaw_1", "x": 70, "y": 70, "confidence": 0.2}]}]}
+    canvas = draw.draw(Image.new("RGB", (100, 100)), answer)
+    assert canvas.getpixel((30, 30)) == draw.COLOURS["left"] and canvas.getpixel((70, 70)) == draw.UNSURE
+    assert draw.draw(Image.new("RGB", (100, 100)), answer, grey_below=0.1).getpixel((70, 70)) == draw.COLOURS["mid"]
