@@ -98,6 +98,8 @@ def query_service(url: str, bodies: list[bytes], concurrency: int = 4, timeout: 
 def select(faces: facedata.FaceData, split: str) -> facedata.FaceData:
     if split == "all":
         return faces
+    if split.startswith("fold-"):  # the people of fold K of five, whom that fold's model never saw
+        return facedata.split_by_person(faces, int(split.removeprefix("fold-")), 5)[1]
     train, validation = facedata.split_by_person(faces)
     return validation if split == "validation" else train
 
@@ -118,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="inference address of the service")
     parser.add_argument("--model", default="keypoints")
     parser.add_argument("--data", default=None, help="npz or Kaggle CSV (default: the shared data set)")
-    parser.add_argument("--split", choices=["all", "validation", "train"], default="all",
-                        help="which people to send; 'validation' = the people training held out")
+    parser.add_argument("--split", choices=["all", "validation", "train", *(f"fold-{k}" for k in range(5))],
+                        default="all", help="which people to send; 'validation' = the people training held out; "
+                                            "fold-K: the people of fold K, whom that fold's model never saw")
     parser.add_argument("--format", choices=["png", "jpeg"], default="png")
     parser.add_argument("--size", type=int, default=IMAGE_SIZE, help="side of the image sent (keypoints scaled back)")
     parser.add_argument("--concurrency", type=int, default=None,
@@ -128,13 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="send only the first N faces")
     parser.add_argument("--json", dest="json_out", help="also write the report as JSON here")
     parser.add_argument("--scenes", type=int, default=50, help="--model faces: multi-face scenes to build and send")
+    parser.add_argument("--points", type=int, choices=(15, 68), default=15,
+                        help="--model faces: score the 15 named keypoints or the 68 iBUG points (NME)")
     args = parser.parse_args(argv)
     if args.model == "faces":  # the photo path: whole frames and multi-face scenes (facekp.photos)
         from facekp import photos
 
         try:
             return photos.evaluate_main(f"{args.url.rstrip('/')}/predictions/faces", args.data, args.split,
-                                        args.scenes, args.concurrency or 1)
+                                        args.scenes, args.concurrency or 1, points=args.points)
         except facedata.DataError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

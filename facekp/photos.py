@@ -30,6 +30,7 @@ from facekp.contract import KEYPOINT_NAMES, MEAN_LAYOUT, rescale_pixels
 
 DEFAULT_FRAMES = facedata.REPO_ROOT.parent / "shared" / "data" / "frames"
 OUTER = (KEYPOINT_NAMES.index("left_eye_outer_corner"), KEYPOINT_NAMES.index("right_eye_outer_corner"))
+OUTER_68 = (45, 36)
 SCENE_SIZE = (1280, 960)
 
 
@@ -38,6 +39,12 @@ class Frame:
     path: Path
     person: str
     keypoints: np.ndarray  # (15, 2) frame pixels
+    keypoints68: np.ndarray | None = None  # (68, 2) frame pixels, iBUG order, where frames.csv has them
+
+    def labels(self, points: int = 15) -> np.ndarray:
+        if points == 68 and self.keypoints68 is None:
+            raise facedata.DataError(f"{self.path.name}: frames.csv has no 68-point labels (p68_k_x, p68_k_y)")
+        return self.keypoints68 if points == 68 else self.keypoints
 
 
 @dataclass
@@ -52,7 +59,8 @@ class Scene:
 
 
 def load_frames(folder: str | Path | None = None, split: str = "all") -> list[Frame]:
-    """The frames of frames.csv; split 'validation' / 'train' keeps the data set's person split."""
+    """The frames of frames.csv; split 'validation' / 'train' keeps the data set's person split, 'fold-K' the
+    people of fold K of five (train/cv.py's), whom that fold's model never saw."""
     folder = Path(folder or DEFAULT_FRAMES)
     table = folder / "frames.csv"
     if not table.exists():
@@ -60,25 +68,32 @@ def load_frames(folder: str | Path | None = None, split: str = "all") -> list[Fr
     frames = []
     with open(table, newline="") as f:
         for row in csv.DictReader(f):
-            keep = {"all": True, "validation": facedata.is_validation_person(row["person"]),
-                    "train": not facedata.is_validation_person(row["person"])}[split]
+            if split.startswith("fold-"):
+                keep = facedata.fold_of(row["person"], 5) == int(split.removeprefix("fold-"))
+            else:
+                keep = {"all": True, "validation": facedata.is_validation_person(row["person"]),
+                        "train": not facedata.is_validation_person(row["person"])}[split]
             if keep:
                 points = np.array([[float(row[f"{n}_x"]), float(row[f"{n}_y"])] for n in KEYPOINT_NAMES])
-                frames.append(Frame(folder / "images" / row["file"], row["person"], points))
+                ibug = (np.array([[float(row[f"p68_{k}_x"]), float(row[f"p68_{k}_y"])] for k in range(68)])
+                        if "p68_0_x" in row else None)
+                frames.append(Frame(folder / "images" / row["file"], row["person"], points, ibug))
     return frames
 
 
-def frame_scene(frame: Frame) -> Scene:
+def frame_scene(frame: Frame, points: int = 15) -> Scene:
     image = Image.open(frame.path).convert("RGB")
-    return Scene(image, [frame.keypoints], [(0, 0, *image.size)], frame.path.name)
+    return Scene(image, [frame.labels(points)], [(0, 0, *image.size)], frame.path.name)
 
 
 def eye_distance(points: np.ndarray) -> float:
-    return float(np.linalg.norm(points[OUTER[0]] - points[OUTER[1]]))
+    """Between the outer eye corners: of the 15 named keypoints, or iBUG points 36 and 45 of the 68."""
+    first, second = OUTER if len(points) == len(KEYPOINT_NAMES) else OUTER_68
+    return float(np.linalg.norm(points[first] - points[second]))
 
 
 def build_scene(frames: list[Frame], rng: np.random.Generator, faces: int = 6,
-                eye_px: tuple[float, float] = (12.0, 150.0), name: str = "") -> Scene:
+                eye_px: tuple[float, float] = (12.0, 150.0), name: str = "", points: int = 15) -> Scene:
     """`faces` frames pasted without overlap onto a noisy gradient, each scaled so that its labelled face's
     outer eye corners are a log-uniform draw from eye_px apart."""
     width, height = SCENE_SIZE
@@ -98,14 +113,15 @@ def build_scene(frames: list[Frame], rng: np.random.Generator, faces: int = 6,
             if all(x + w <= a or b <= x or y + h <= c or d <= y for a, c, b, d in placed):
                 canvas.paste(photo.resize((w, h), Image.Resampling.LANCZOS), (x, y))
                 placed.append((x, y, x + w, y + h))
-                labels.append(rescale_pixels(frame.keypoints, [w / photo.width, h / photo.height], [x, y]))
+                labels.append(rescale_pixels(frame.labels(points), [w / photo.width, h / photo.height], [x, y]))
                 break
     return Scene(canvas, labels, placed, name)
 
 
-def build_scenes(frames: list[Frame], count: int, seed: int = 0) -> list[Scene]:
+def build_scenes(frames: list[Frame], count: int, seed: int = 0, points: int = 15) -> list[Scene]:
     rng = np.random.default_rng(seed)
-    return [build_scene(frames, rng, faces=int(rng.integers(2, 7)), name=f"scene_{k}") for k in range(count)]
+    return [build_scene(frames, rng, faces=int(rng.integers(2, 7)), name=f"scene_{k}", points=points)
+            for k in range(count)]
 
 
 @dataclass
@@ -117,7 +133,7 @@ class SceneScore:
     images: int = 0
 
     def add(self, scene: Scene, answered: list[np.ndarray]) -> None:
-        """answered: (15, 2) keypoints of each face the service returned."""
+        """answered: the keypoints of each face the service returned, (15, 2) or (68, 2) as the labels."""
         self.images += 1
         used = set()
         for truth in scene.faces:
@@ -160,9 +176,10 @@ def answered_keypoints(answer: dict) -> list[np.ndarray]:
     return [np.array([[p["x"], p["y"]] for p in face["keypoints"]]) for face in answer["faces"]]
 
 
-def score_over_http(url: str, scenes: list[Scene], concurrency: int = 1, timeout: float = 60.0
+def score_over_http(url: str, scenes: list[Scene], concurrency: int = 1, timeout: float = 60.0, points: int = 15
                     ) -> tuple[SceneScore, np.ndarray, list[str]]:
-    """Send every scene (frames as their JPEG file, scenes as JPEG q90) to url; score, latencies (ms), errors."""
+    """Send every scene (frames as their JPEG file, scenes as JPEG q90) to url asking for `points` points;
+    score, latencies (ms), errors."""
     import threading
     import time
     from concurrent.futures import ThreadPoolExecutor
@@ -184,7 +201,7 @@ def score_over_http(url: str, scenes: list[Scene], concurrency: int = 1, timeout
         try:
             started = time.perf_counter()
             for attempt in range(6):
-                reply = session.put(url, data=body, timeout=timeout)
+                reply = session.put(url, data=body, headers={"Points": str(points)}, timeout=timeout)
                 if reply.status_code not in RETRY_STATUSES:
                     break
                 time.sleep(backoff_s(attempt))
@@ -202,22 +219,25 @@ def score_over_http(url: str, scenes: list[Scene], concurrency: int = 1, timeout
     return score, latencies[np.isfinite(latencies)], errors
 
 
-def evaluate_main(url: str, data: str | None, split: str, scenes: int, concurrency: int, seed: int = 0) -> int:
-    """`python -m facekp.evaluate --model faces`: whole frames, then multi-face scenes."""
+def evaluate_main(url: str, data: str | None, split: str, scenes: int, concurrency: int, seed: int = 0,
+                  points: int = 15) -> int:
+    """`python -m facekp.evaluate --model faces`: whole frames, then multi-face scenes, on the 15 named keypoints
+    or the 68 iBUG points."""
     frames = load_frames(data, split)
-    tests = {"frames": [frame_scene(f) for f in frames], "scenes": build_scenes(frames, scenes, seed)}
+    tests = {"frames": [frame_scene(f, points) for f in frames], "scenes": build_scenes(frames, scenes, seed, points)}
     for scene, frame in zip(tests["frames"], frames, strict=True):
         scene.path_bytes = frame.path.read_bytes()  # the frame's own JPEG file, as a user would send it
     failed = 0
     for name, items in tests.items():
         print(f"sending {len(items)} {name} of {len(set(f.person for f in frames))} people ({split}) to {url}, "
               f"{concurrency} concurrent", file=sys.stderr)
-        score, latencies, errors = score_over_http(url, items, concurrency)
+        score, latencies, errors = score_over_http(url, items, concurrency, points=points)
         summary = score.summary()
         failed += len(errors)
         for line in errors[:5]:
             print(f"  failed: {line}", file=sys.stderr)
-        print(f"{name}: {summary['faces']} labelled faces in {summary['images']} images: recall {summary['recall']:.3f}"
+        print(f"{name}, {points} points: {summary['faces']} labelled faces in {summary['images']} images: recall "
+              f"{summary['recall']:.3f}"
               f" (eyes >= 20 px apart: {summary['recall_eyes_20px_up']:.3f}), NME {summary['nme_pct']:.2f} %, "
               f"NME > 10 %: {summary['nme_over_10pct']:.1f} % of faces, false faces per image "
               f"{summary['false_faces_per_image']:.3f}; latency ms p50 {np.percentile(latencies, 50):.0f} "

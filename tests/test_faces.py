@@ -207,3 +207,15 @@ def test_draw_greys_out_the_points_the_service_is_not_confident_of():
     canvas = draw.draw(Image.new("RGB", (100, 100)), answer)
     assert canvas.getpixel((30, 30)) == draw.COLOURS["left"] and canvas.getpixel((70, 70)) == draw.UNSURE
     assert draw.draw(Image.new("RGB", (100, 100)), answer, grey_below=0.1).getpixel((70, 70)) == draw.COLOURS["mid"]
+
+
+def test_a_frame_of_the_data_set_gives_one_face_on_its_68_labels(service):
+    """facekp.photos scores the 68 points too: iBUG labels of frames.csv, NME over iBUG points 36 and 45."""
+    require_data()
+    frame = photos.load_frames(split="fold-0")[0]
+    assert frame.labels(68).shape == (68, 2) and photos.eye_distance(frame.labels(68)) > 0
+    reply = requests.put(f"{service.inference_url}/predictions/faces", data=frame.path.read_bytes(),
+                         headers={"Points": "68"}, timeout=TIMEOUT)
+    score = photos.SceneScore()
+    score.add(photos.frame_scene(frame, 68), photos.answered_keypoints(reply.json()))
+    assert score.found == [True] and score.nme[0] < 0.10
