@@ -165,8 +165,8 @@ def train(cfg: Config) -> dict:
     teachers = f"widths {to_train[0].widths}" if to_train else cfg.teachers
     student_parameters = count_parameters(build_net(recipe.student, faces.aux68))
     print(f"recipe {recipe.name}: {precision} on {device_name(device)}; teachers {teachers}; student widths "
-          f"{recipe.student.widths}, {student_parameters:,} parameters, served with {recipe.served.passes} views; "
-          "plan: " + " + ".join(plan), flush=True)
+          f"{recipe.student.widths}, {student_parameters:,} parameters, exported with views 1, 2 and 6 "
+          f"(forward(): {recipe.served.passes}); plan: " + " + ".join(plan), flush=True)
 
     common = {"precision": precision, "device": device_name(device), "data": described,
               "config": dataclasses.asdict(cfg), "recipe": recipe.name, "command": command}
