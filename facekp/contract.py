@@ -69,6 +69,7 @@ FLIP_PERMUTATION: tuple[int, ...] = _mirror_permutation(KEYPOINT_NAMES)
 """After a horizontal flip, keypoint i of the flipped face is keypoint FLIP_PERMUTATION[i]."""
 
 MIRROR_X_SHIFT = -1.0 / HALF
+"""A flip sends pixel x to (IMAGE_SIZE - 1 - x): normalized x becomes -x + MIRROR_X_SHIFT."""
 
 VIEW_SETTINGS = (1, 2, 6)
 """The test-time views a served file offers besides its forward(): the face as it is; with its mirror image;
@@ -80,7 +81,6 @@ uncertainty in normalized units."""
 def view_method(views: int) -> str:
     """The TorchScript method of a served file that answers with this many views."""
     return f"views_{views}"
-"""A flip sends pixel x to (IMAGE_SIZE - 1 - x): normalized x becomes -x + MIRROR_X_SHIFT."""
 
 
 def normalize(pixels: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ from handler.kserve_protocol import (
     kserve_answer,
     requested_outputs,
 )
-from handler.processing import Incoming, Reply, RequestError, answer_batch, points_asked
+from handler.processing import Incoming, Reply, RequestError, answer_batch, points_asked, read_request
 from handler.settings import HandlerSettings
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def make_model(name: str, model_file: Path, settings: HandlerSettings, batch_siz
     that arrive together go through the network together (handler.batching, TorchServe's batching)."""
     import kserve
     from kserve.errors import InvalidInput
-    from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+    from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, to_http_parameters
 
     class BadRequest(RequestError, InvalidInput):
         """Bad input: over REST the status and message of RequestError (serve's handler); over gRPC
@@ -64,15 +64,21 @@ def make_model(name: str, model_file: Path, settings: HandlerSettings, batch_siz
 
         async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
             if isinstance(payload, InferRequest):  # v2, REST or gRPC, parsed by kserve
-                return await self.infer(payload)
-            return self.checked(await self.batcher.answer({"body": payload})).body  # v1: as TorchServe's answer
+                return await self.infer(payload, headers)
+            try:  # v1: as TorchServe's answer, the points asked as on TorchServe's route (a Points header)
+                incoming = read_request({"body": payload}, headers)
+            except RequestError as err:
+                raise BadRequest(err.status, err.message) from None
+            return self.checked(await self.batcher.answer(incoming)).body
 
-        async def infer(self, request: InferRequest) -> InferResponse:
+        async def infer(self, request: InferRequest, headers: dict[str, str] | None = None) -> InferResponse:
             try:
                 body = v2_request_of(request)
                 image = image_from_kserve(body)
                 asked = [output["name"] for output in requested_outputs(body, list(V2_OUTPUTS))]
-                points = points_asked((request.parameters or {}).get("points"))
+                # gRPC's parameters are protobuf values until converted; a Points header as on TorchServe's route
+                parameters = to_http_parameters(request.parameters or {})
+                points = points_asked(parameters.get("points", (headers or {}).get("points")))
             except ProtocolError as err:
                 raise BadRequest(400, str(err)) from None
             except RequestError as err:

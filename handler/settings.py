@@ -31,7 +31,8 @@ class HandlerSettings:
     six would add 0.9 % on people never seen for 2.4x the machine (docs/performance.md has each one's score
     and cost)."""
     views_gpu: int = 6
-    """The same on a GPU, where more views cost little."""
+    """The same on a GPU, where more views cost little. (The confidences are calibrated at two views: six
+    views' wider spreads make them somewhat lower, train/calibrate.py.)"""
 
     def views_on(self, device: torch.device) -> int:
         return self.views_gpu if device.type == "cuda" else self.views_cpu

@@ -174,3 +174,10 @@ def test_bad_input_over_grpc_is_invalid_argument_with_a_reason_and_the_server_go
         assert refusal["status"] == "StatusCode.INVALID_ARGUMENT", (name, refusal)
         assert says[name] in refusal["message"], (name, refusal)
         np.testing.assert_allclose(refusal["then"], plain_answers[0], atol=TOLERANCE_PX)
+
+
+def test_grpc_parameters_ask_for_the_68_points(kserve_grpc, face_files):
+    """gRPC's request parameters reach the predictor as protobuf values: points=68 is read from them."""
+    result = triton_grpc(kserve_grpc, "points", face_files[:1])
+    assert result["keypoints"] == [1, 68, 2] and len(result["confidence"][0]) == 68
+    assert all(0 <= c <= 1 for c in result["confidence"][0])

@@ -7,6 +7,7 @@ test process imports kserve (tests/test_deploy_manifests.py), so the gRPC client
     python -m tests.triton_grpc_client ADDRESS answers FACE.png ...   # 16 clients; prints their answers
     python -m tests.triton_grpc_client ADDRESS typed FACE.png ...     # bytes_contents in, typed contents out
     python -m tests.triton_grpc_client ADDRESS bad FACE.png           # each bad request, then a good one
+    python -m tests.triton_grpc_client ADDRESS points FACE.png        # parameters {"points": 68}
 
 It prints one JSON object.
 """
@@ -92,10 +93,18 @@ def bad(address: str, face: bytes) -> dict:
     return refusals
 
 
+def points(address: str, faces: list[bytes]) -> dict:
+    """The request parameter points=68 over gRPC: the 68 points, each with its confidence."""
+    reply = triton_grpc.InferenceServerClient(address).infer("keypoints", [bytes_tensor(triton_grpc, faces[:1])],
+                                                             parameters={"points": 68})
+    return {"keypoints": list(reply.as_numpy("keypoints").shape), "confidence": reply.as_numpy("confidence").tolist()}
+
+
 def main(argv: list[str]) -> int:
     address, mode, *paths = argv
     faces = [Path(path).read_bytes() for path in paths]
-    result = {"answers": answers, "typed": typed}[mode](address, faces) if mode != "bad" else bad(address, faces[0])
+    modes = {"answers": answers, "typed": typed, "points": points}
+    result = modes[mode](address, faces) if mode != "bad" else bad(address, faces[0])
     print(json.dumps(result))
     return 0
 

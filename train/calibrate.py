@@ -46,20 +46,22 @@ def served(folder: Path) -> tuple[ServingModel, dict]:
     return ServingModel(nets, flip, shift_views(shift)).eval(), card
 
 
-def held_out(model: ServingModel, card: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(relative errors (N, 83), raw spreads (N, 83), people (N,), complete mask) on the card's held-out people."""
+def held_out(model: ServingModel, card: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(relative errors (N, points), raw spreads (N, points), people (N,)) on the card's held-out people, at
+    VIEWS views."""
     config = card["config"]
     if config.get("all_people", True):
         raise SystemExit("this model trained on every person: calibrate a model of a fold (train/cv.py)")
     _, val = facedata.split_by_person(facedata.load(config["data"] or None), config["fold"], config["folds"])
     images, _ = to_tensors(val)
     with torch.inference_mode():
-        raw = torch.cat([model.answers(images[i:i + 256], True, ((0, 0),)) for i in range(0, len(images), 256)])
+        # VIEWS: the face and its mirror image, not moved
+        raw = torch.cat([model.answers(images[i:i + 256], True, shift_views(0)) for i in range(0, len(images), 256)])
     raw = raw.numpy()
     truth = np.concatenate([val.keypoints, val.keypoints68], axis=1)[:, :raw.shape[1]]  # the points it predicts
     iod = np.linalg.norm(val.keypoints68[:, OUTER_EYE_CORNERS[1]] - val.keypoints68[:, OUTER_EYE_CORNERS[0]], axis=-1)
     errors = np.linalg.norm(denormalize(raw[..., :2]) - truth, axis=-1) / iod[:, None]
-    return errors, raw[..., 2], val.people, np.isfinite(errors)
+    return errors, raw[..., 2], val.people
 
 
 def parts(errors: np.ndarray) -> dict[str, slice]:
@@ -83,7 +85,7 @@ def fit(errors: np.ndarray, spreads: np.ndarray) -> dict[str, list[float]]:
     usual = np.median(spreads, axis=0)
     prior = np.nanmean(errors, axis=0)
     calibration = {"usual_spread": usual.tolist(), "error_prior": prior.tolist()}
-    score = np.log(scores(spreads, calibration))
+    score = np.log(np.maximum(scores(spreads, calibration), 1e-8))  # as ServingModel.confident clamps
     a, b = np.zeros(errors.shape[1]), np.zeros(errors.shape[1])
     for part in parts(errors).values():
         known = np.isfinite(errors[:, part])
@@ -98,7 +100,8 @@ def scores(spreads: np.ndarray, calibration: dict) -> np.ndarray:
 
 
 def confidences(spreads: np.ndarray, calibration: dict) -> np.ndarray:
-    z = np.array(calibration["curve_a"]) + np.array(calibration["curve_b"]) * np.log(scores(spreads, calibration))
+    score = np.log(np.maximum(scores(spreads, calibration), 1e-8))
+    z = np.array(calibration["curve_a"]) + np.array(calibration["curve_b"]) * score
     return 1 / (1 + np.exp(-z))
 
 
@@ -202,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"re-exported {args.folder / MODEL_FILE} with the confidence of {args.calibration}")
         return 0
     model, card = served(args.folder)
-    errors, spreads, people, _ = held_out(model, card)
+    errors, spreads, people = held_out(model, card)
     result = report(cross_fitted(errors, spreads, people), errors)
     for name, part in result.items():
         print(f"{name} points on {len(people)} faces of {len(set(people))} people never seen (each half scored "

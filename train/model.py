@@ -158,8 +158,6 @@ def shift_views(shift: int) -> tuple[tuple[int, int], ...]:
 
 
 class ServingModel(nn.Module):
-    VIEW_METHODS = tuple(view_method(n) for n in VIEW_SETTINGS)
-
     """What is exported: the 15 contract keypoints, averaged over the ensemble's members and,
     optionally, over each member's mirrored pass and over copies of the face moved a few pixels.
 
@@ -168,6 +166,8 @@ class ServingModel(nn.Module):
     view's answer is moved back. With flip=False the members may also be exported models
     (a teacher of several: train/exported.py's load_teacher).
     """
+
+    VIEW_METHODS = tuple(view_method(n) for n in VIEW_SETTINGS)
 
     def __init__(self, nets: KeypointNet | list[KeypointNet] | list[nn.Module], flip: bool = True,
                  shifts: tuple[tuple[int, int], ...] = ((0, 0),)):
@@ -210,7 +210,8 @@ class ServingModel(nn.Module):
     def answers(self, x: torch.Tensor, flip: bool, shifts: tuple[tuple[int, int], ...]) -> torch.Tensor:
         """(N, points, 3) for views of one network (a student): every point it predicts (the 15, then the 68
         where it has them) averaged over the views exactly as forward() averages the 15, and each point's
-        uncertainty: the root of the heatmaps' mean variance plus the views' disagreement (normalized units)."""
+        uncertainty: the root of the heatmaps' mean variance plus the views' disagreement (normalized units).
+        Its view loop must stay in step with forward()'s, which stays as it is for the files already served."""
         (net,) = self.nets
         views = []
         for dx, dy in shifts:
