@@ -130,6 +130,18 @@ def fold_of(person: str, folds: int) -> int:
     return zlib.crc32(person.encode()) % folds
 
 
+SPLITS = ("all", "validation", "train", *(f"fold-{k}" for k in range(5)))
+"""Which people an evaluation sends: everyone, the fixed split's sides, or the people of fold K of five (whom
+that fold's model never saw)."""
+
+
+def in_split(person: str, split: str) -> bool:
+    """Whether a person belongs to one of SPLITS."""
+    if split.startswith("fold-"):
+        return fold_of(person, 5) == int(split.removeprefix("fold-"))
+    return {"all": True, "validation": is_validation_person(person), "train": not is_validation_person(person)}[split]
+
+
 def split_by_person(data: FaceData, fold: int = -1, folds: int = 5) -> tuple[FaceData, FaceData]:
     """(train, validation), with no person on both sides.
 

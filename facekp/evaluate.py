@@ -96,12 +96,7 @@ def query_service(url: str, bodies: list[bytes], concurrency: int = 4, timeout: 
 
 
 def select(faces: facedata.FaceData, split: str) -> facedata.FaceData:
-    if split == "all":
-        return faces
-    if split.startswith("fold-"):  # the people of fold K of five, whom that fold's model never saw
-        return facedata.split_by_person(faces, int(split.removeprefix("fold-")), 5)[1]
-    train, validation = facedata.split_by_person(faces)
-    return validation if split == "validation" else train
+    return faces.subset(np.flatnonzero([facedata.in_split(person, split) for person in faces.people]))
 
 
 def report(pred_96: np.ndarray, true_96: np.ndarray) -> dict:
@@ -120,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="inference address of the service")
     parser.add_argument("--model", default="keypoints")
     parser.add_argument("--data", default=None, help="npz or Kaggle CSV (default: the shared data set)")
-    parser.add_argument("--split", choices=["all", "validation", "train", *(f"fold-{k}" for k in range(5))],
+    parser.add_argument("--split", choices=facedata.SPLITS,
                         default="all", help="which people to send; 'validation' = the people training held out; "
                                             "fold-K: the people of fold K, whom that fold's model never saw")
     parser.add_argument("--format", choices=["png", "jpeg"], default="png")

@@ -59,8 +59,7 @@ class Scene:
 
 
 def load_frames(folder: str | Path | None = None, split: str = "all") -> list[Frame]:
-    """The frames of frames.csv; split 'validation' / 'train' keeps the data set's person split, 'fold-K' the
-    people of fold K of five (train/cv.py's), whom that fold's model never saw."""
+    """The frames of frames.csv of the people of `split` (facekp.data.SPLITS)."""
     folder = Path(folder or DEFAULT_FRAMES)
     table = folder / "frames.csv"
     if not table.exists():
@@ -68,12 +67,7 @@ def load_frames(folder: str | Path | None = None, split: str = "all") -> list[Fr
     frames = []
     with open(table, newline="") as f:
         for row in csv.DictReader(f):
-            if split.startswith("fold-"):
-                keep = facedata.fold_of(row["person"], 5) == int(split.removeprefix("fold-"))
-            else:
-                keep = {"all": True, "validation": facedata.is_validation_person(row["person"]),
-                        "train": not facedata.is_validation_person(row["person"])}[split]
-            if keep:
+            if facedata.in_split(row["person"], split):
                 points = np.array([[float(row[f"{n}_x"]), float(row[f"{n}_y"])] for n in KEYPOINT_NAMES])
                 ibug = (np.array([[float(row[f"p68_{k}_x"]), float(row[f"p68_{k}_y"])] for k in range(68)])
                         if "p68_0_x" in row else None)

@@ -42,6 +42,7 @@ _SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 POINTS = (15, 68)
 """What a request may ask for (header `Points`, form field `points`, v2 parameter `points`): the 15 named
 keypoints (the default) or the 68 iBUG points."""
+_POINTS_TEXT = {str(n) for n in POINTS}
 
 
 class RequestError(Exception):
@@ -126,7 +127,7 @@ def points_asked(value: Any) -> int:
     if value is None:
         return 15
     text = value.decode(errors="replace") if isinstance(value, (bytes, bytearray)) else str(value)
-    if text.strip() not in {str(n) for n in POINTS}:
+    if text.strip() not in _POINTS_TEXT:
         raise RequestError(400, f"points must be 15 (the named keypoints) or 68 (the iBUG 300-W points), "
                                 f"got {text[:20]!r}")
     return int(text)
