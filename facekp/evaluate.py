@@ -2,10 +2,12 @@
 
 Every face of a data set is encoded (PNG, or JPEG), optionally resized, sent to
 /predictions/keypoints by a few concurrent clients, and the answers are scored with the
-course's metric in the 96x96 frame.
+course's metric in the 96x96 frame; with --points 68, the 68 iBUG points by their NME. Where the
+answers carry a confidence, how well it ranks each point's error is reported too.
 
     python -m facekp.evaluate --url http://127.0.0.1:8080 --split validation
     python -m facekp.evaluate --data faces.csv --format jpeg --size 192
+    python -m facekp.evaluate --split fold-0 --points 68
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from PIL import Image
 
 from facekp import data as facedata
 from facekp import metrics
-from facekp.contract import IMAGE_SIZE, KEYPOINT_NAMES, rescale_pixels
+from facekp.contract import IBUG68_NAMES, IMAGE_SIZE, KEYPOINT_NAMES, rescale_pixels
 from facekp.replies import RETRY_STATUSES, backoff_s, parse_reply
 
 
@@ -44,22 +46,28 @@ def to_model_frame(points_px: np.ndarray, size: int) -> np.ndarray:
     return rescale_pixels(points_px, IMAGE_SIZE / size)
 
 
+POINT_NAMES = {15: KEYPOINT_NAMES, 68: IBUG68_NAMES}
+
+
 @dataclass
 class Result:
-    predictions: np.ndarray  # (N, 15, 2) in the 96x96 frame; NaN where a request failed
+    predictions: np.ndarray  # (N, points, 3): x, y as answered, and the confidence; NaN where a request failed
     latencies_ms: np.ndarray
     errors: list[str]
     seconds: float
 
 
 def query_service(url: str, bodies: list[bytes], concurrency: int = 4, timeout: float = 10.0,
-                  content_type: str = "application/octet-stream", progress: bool = True, retries: int = 5) -> Result:
-    """POST each body to url with `concurrency` clients; keypoints as returned (image pixels).
+                  content_type: str = "application/octet-stream", progress: bool = True, retries: int = 5,
+                  points: int = 15) -> Result:
+    """POST each body to url with `concurrency` clients, asking for `points` points; keypoints as returned
+    (image pixels) with their confidence.
 
     A 503/507 (full, retry later) is retried up to `retries` times after a jittered, growing pause;
     the latency then includes the pauses.
     """
-    predictions = np.full((len(bodies), len(KEYPOINT_NAMES), 2), np.nan)
+    predictions = np.full((len(bodies), points, 3), np.nan)
+    headers = {"Content-Type": content_type, "Points": str(points)}
     latencies = np.full(len(bodies), np.nan)
     errors: list[str] = []
     local = threading.local()
@@ -75,12 +83,12 @@ def query_service(url: str, bodies: list[bytes], concurrency: int = 4, timeout: 
         start = time.perf_counter()
         try:
             for attempt in range(retries + 1):
-                reply = session().post(url, data=bodies[i], headers={"Content-Type": content_type}, timeout=timeout)
+                reply = session().post(url, data=bodies[i], headers=headers, timeout=timeout)
                 if reply.status_code not in RETRY_STATUSES or attempt == retries:
                     break
                 time.sleep(backoff_s(attempt))  # the service is full: come back later, not at once
             latencies[i] = (time.perf_counter() - start) * 1000
-            predictions[i] = parse_reply(reply.status_code, reply.text)
+            predictions[i] = parse_reply(reply.status_code, reply.text, POINT_NAMES[points])
         except Exception as err:  # every failure is counted and reported, none stops the run
             with lock:
                 errors.append(f"image {i}: {type(err).__name__}: {err}")
@@ -110,6 +118,43 @@ def report(pred_96: np.ndarray, true_96: np.ndarray) -> dict:
     }
 
 
+def report_68(pred_96: np.ndarray, true_96: np.ndarray) -> dict:
+    """The 68 points' NME (mean point error over the labels' outer-eye-corner distance, iBUG 36 and 45)."""
+    ok = np.isfinite(pred_96).all(axis=(1, 2))
+    nme = np.nanmean(metrics.relative_errors(pred_96[ok], true_96[ok], metrics.inter_ocular(true_96[ok])), axis=1)
+    return {"nme_pct": 100 * float(nme.mean()) if ok.any() else float("nan"),
+            "nme_over_10pct": 100 * float((nme > 0.1).mean()) if ok.any() else float("nan"), "scored": int(ok.sum())}
+
+
+def report_confidence(answers_96: np.ndarray, true_96: np.ndarray, faces: facedata.FaceData) -> dict | None:
+    """How well the answers' confidence ranks their points' errors (facekp.metrics.confidence_report), the errors
+    over the labels' inter-ocular distance; None where the answers carry none or the faces lack the 68 labels."""
+    ok = np.isfinite(answers_96).all(axis=(1, 2))
+    if not ok.any() or faces.keypoints68 is None:
+        return None
+    errors = metrics.relative_errors(answers_96[ok, :, :2], true_96[ok], metrics.inter_ocular(faces.keypoints68[ok]))
+    result = metrics.confidence_report(answers_96[ok, :, 2], errors)
+    result.pop("reliability")
+    return result
+
+
+def print_summary(summary: dict) -> None:
+    """The report as people read it."""
+    if summary["points"] == 15:
+        print(f"score {summary['score']:.1f}  (1 / (2 * MSE), normalized coordinates; mean face ~70, pass mark 100)")
+        print(f"rmse  {summary['rmse_px']:.3f} px in the 96x96 frame, over {summary['scored']}/{summary['faces']} "
+              f"faces ({summary['failed']} failed)")
+        per_keypoint = summary["rmse_px_per_keypoint"].items()
+        print("per keypoint rmse (px): " + ", ".join(f"{k} {v:.2f}" for k, v in per_keypoint))
+    else:
+        print(f"68-point NME {summary['nme_pct']:.2f} % of the inter-ocular distance over {summary['scored']}/"
+              f"{summary['faces']} faces ({summary['failed']} failed); over 10 %: {summary['nme_over_10pct']:.1f} %")
+    if summary["confidence"]:
+        print(f"confidence of the {summary['points']} points: {metrics.describe_confidence(summary['confidence'])}")
+    print("latency ms: " + "  ".join(f"{k} {v}" for k, v in summary["latency_ms"].items())
+          + f"   throughput {summary['throughput_per_s']} images/s")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="inference address of the service")
@@ -127,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", dest="json_out", help="also write the report as JSON here")
     parser.add_argument("--scenes", type=int, default=50, help="--model faces: multi-face scenes to build and send")
     parser.add_argument("--points", type=int, choices=(15, 68), default=15,
-                        help="--model faces: score the 15 named keypoints or the 68 iBUG points (NME)")
+                        help="score the 15 named keypoints or the 68 iBUG points (NME)")
     args = parser.parse_args(argv)
     if args.model == "faces":  # the photo path: whole frames and multi-face scenes (facekp.photos)
         from facekp import photos
@@ -145,29 +190,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     faces = faces.subset(np.flatnonzero(facedata.complete_rows(faces)))
+    if args.points == 68:
+        if faces.keypoints68 is None:
+            print("error: --points 68 needs faces with the 68 iBUG labels (the shared data set has them)",
+                  file=sys.stderr)
+            return 2
+        faces = faces.subset(np.flatnonzero(np.isfinite(faces.keypoints68).all(axis=(1, 2))))
     if args.limit:
         faces = faces.subset(np.arange(min(args.limit, len(faces))))
     args.concurrency = args.concurrency or 4
     url = f"{args.url.rstrip('/')}/predictions/{args.model}"
     print(f"sending {len(faces)} faces of {len(set(faces.people))} people ({args.split}) as {args.size}x{args.size} "
-          f"{args.format.upper()} to {url}, {args.concurrency} concurrent", file=sys.stderr)
+          f"{args.format.upper()} to {url}, {args.concurrency} concurrent, asking for {args.points} points",
+          file=sys.stderr)
     bodies = [encode_face(img, args.format, args.size) for img in faces.images]
-    result = query_service(url, bodies, args.concurrency, args.timeout, f"image/{args.format}")
-    summary = report(to_model_frame(result.predictions, args.size), faces.keypoints)
+    result = query_service(url, bodies, args.concurrency, args.timeout, f"image/{args.format}", points=args.points)
+    answers = np.concatenate([to_model_frame(result.predictions[..., :2], args.size), result.predictions[..., 2:]], -1)
+    truth = faces.keypoints if args.points == 15 else faces.keypoints68
+    summary = report(answers[..., :2], truth) if args.points == 15 else report_68(answers[..., :2], truth)
+    confidence = report_confidence(answers, truth, faces)
     lat = result.latencies_ms[np.isfinite(result.latencies_ms)]
     summary.update({
         "faces": len(faces), "failed": len(result.errors), "format": args.format, "size": args.size,
+        "points": args.points, "confidence": confidence,
         "latency_ms": {f"p{q}": round(float(np.percentile(lat, q)), 2) for q in (50, 90, 95, 99)} if len(lat) else {},
         "throughput_per_s": round(len(faces) / result.seconds, 1),
     })
     for line in result.errors[:5]:
         print(f"  failed: {line}", file=sys.stderr)
-    print(f"score {summary['score']:.1f}  (1 / (2 * MSE), normalized coordinates; mean face ~70, pass mark 100)")
-    print(f"rmse  {summary['rmse_px']:.3f} px in the 96x96 frame, over {summary['scored']}/{len(faces)} faces "
-          f"({summary['failed']} failed)")
-    print("per keypoint rmse (px): " + ", ".join(f"{k} {v:.2f}" for k, v in summary["rmse_px_per_keypoint"].items()))
-    print("latency ms: " + "  ".join(f"{k} {v}" for k, v in summary["latency_ms"].items())
-          + f"   throughput {summary['throughput_per_s']} images/s")
+    print_summary(summary)
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(summary, f, indent=2)

@@ -1,4 +1,4 @@
-"""The course's score and per-keypoint pixel errors."""
+"""The course's score, per-keypoint pixel errors, the 68 points' NME, and how well a confidence ranks errors."""
 
 from __future__ import annotations
 
@@ -44,3 +44,44 @@ def crossed_labels(true_px: np.ndarray) -> np.ndarray:
     true_px = np.asarray(true_px)
     pairs = [(i, FLIP_PERMUTATION[i]) for i, name in enumerate(KEYPOINT_NAMES) if "left" in name]
     return np.any([true_px[:, left, 0] <= true_px[:, right, 0] for left, right in pairs], axis=0)
+
+
+OUTER_EYE_CORNERS = (36, 45)  # of the 68 iBUG points: the NME's inter-ocular distance
+CLOSE = 0.05  # of the inter-ocular distance: a point's confidence is the chance it lies this close to its label
+
+
+def inter_ocular(points68: np.ndarray) -> np.ndarray:
+    """(N, 68, 2) -> each face's distance between its outer eye corners, (N,)."""
+    return np.linalg.norm(points68[:, OUTER_EYE_CORNERS[1]] - points68[:, OUTER_EYE_CORNERS[0]], axis=-1)
+
+
+def relative_errors(pred: np.ndarray, true: np.ndarray, iod: np.ndarray) -> np.ndarray:
+    """(N, P) point errors over each face's inter-ocular distance; NaN where a label is missing."""
+    return np.linalg.norm(np.asarray(pred, np.float64) - true, axis=-1) / iod[:, None]
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Rank correlation (ties are rare among float confidences and errors)."""
+    return float(np.corrcoef(np.argsort(np.argsort(a)), np.argsort(np.argsort(b)))[0, 1])
+
+
+def confidence_report(confidence: np.ndarray, errors: np.ndarray, close: float = CLOSE) -> dict:
+    """How well a confidence ranks relative errors (pooled over faces and points, unlabelled ones left out): the
+    NME, Spearman's rank correlation, the least and most confident tenths' mean error, and the reliability table
+    (predicted against the observed share within `close`, by tenth of confidence)."""
+    known = np.isfinite(errors)
+    c, e = confidence[known], errors[known]
+    order = np.argsort(c)
+    tenth = len(order) // 10
+    return {"points": int(len(c)), "nme": float(e.mean()), "spearman_confidence_error": spearman(c, e),
+            "least_confident_tenth_error": float(e[order[:tenth]].mean()),
+            "most_confident_tenth_error": float(e[order[-tenth:]].mean()),
+            "reliability": [{"predicted": float(c[b].mean()), "observed": float((e[b] < close).mean())}
+                            for b in np.array_split(order, 10)]}
+
+
+def describe_confidence(part: dict) -> str:
+    """A line of a confidence_report, as the clients print it."""
+    least, most = part["least_confident_tenth_error"], part["most_confident_tenth_error"]
+    return (f"NME {part['nme']:.2%}; Spearman(confidence, error) {part['spearman_confidence_error']:+.3f}; least "
+            f"confident tenth's mean error {least:.2%}, most confident's {most:.2%} (x{least / most:.2f})")

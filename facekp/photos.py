@@ -26,11 +26,11 @@ import numpy as np
 from PIL import Image
 
 from facekp import data as facedata
+from facekp import metrics
 from facekp.contract import KEYPOINT_NAMES, MEAN_LAYOUT, rescale_pixels
 
 DEFAULT_FRAMES = facedata.REPO_ROOT.parent / "shared" / "data" / "frames"
 OUTER = (KEYPOINT_NAMES.index("left_eye_outer_corner"), KEYPOINT_NAMES.index("right_eye_outer_corner"))
-OUTER_68 = (45, 36)
 SCENE_SIZE = (1280, 960)
 
 
@@ -82,7 +82,7 @@ def frame_scene(frame: Frame, points: int = 15) -> Scene:
 
 def eye_distance(points: np.ndarray) -> float:
     """Between the outer eye corners: of the 15 named keypoints, or iBUG points 36 and 45 of the 68."""
-    first, second = OUTER if len(points) == len(KEYPOINT_NAMES) else OUTER_68
+    first, second = OUTER if len(points) == len(KEYPOINT_NAMES) else metrics.OUTER_EYE_CORNERS
     return float(np.linalg.norm(points[first] - points[second]))
 
 
@@ -125,16 +125,20 @@ class SceneScore:
     nme: list[float] = field(default_factory=list)  # per found face
     false_faces: int = 0
     images: int = 0
+    point_errors: list[np.ndarray] = field(default_factory=list)  # per found face: each point's error / eye distance
+    confidences: list[np.ndarray] = field(default_factory=list)  # per found face: each point's (NaN: none answered)
 
     def add(self, scene: Scene, answered: list[np.ndarray]) -> None:
-        """answered: the keypoints of each face the service returned, (15, 2) or (68, 2) as the labels."""
+        """answered: the keypoints of each face the service returned, (15, 2) or (68, 2) as the labels, or with
+        each point's confidence as a third column."""
         self.images += 1
         used = set()
         for truth in scene.faces:
             low, high = truth.min(0), truth.max(0)
             grow = 0.25 * (high - low)
             best, best_nme = None, np.inf
-            for k, points in enumerate(answered):
+            for k, answer in enumerate(answered):
+                points = answer[:, :2]
                 centre = points.mean(0)
                 if k not in used and np.all(centre >= low - grow) and np.all(centre <= high + grow):
                     nme = float(np.linalg.norm(points - truth, axis=1).mean() / eye_distance(truth))
@@ -145,8 +149,11 @@ class SceneScore:
             if best is not None:
                 used.add(best)
                 self.nme.append(best_nme)
-        for k, points in enumerate(answered):
-            cx, cy = points.mean(0)
+                answer = answered[best]
+                self.point_errors.append(np.linalg.norm(answer[:, :2] - truth, axis=1) / eye_distance(truth))
+                self.confidences.append(answer[:, 2] if answer.shape[1] > 2 else np.full(len(answer), np.nan))
+        for k, answer in enumerate(answered):
+            cx, cy = answer[:, :2].mean(0)
             if k not in used and not any(a <= cx <= b and c <= cy <= d for a, c, b, d in scene.regions):
                 self.false_faces += 1
 
@@ -157,7 +164,16 @@ class SceneScore:
                 f"recall_eyes_{min_eye_px:g}px_up": float(found[big].mean()) if big.any() else float("nan"),
                 "nme_pct": 100 * float(nme.mean()) if len(nme) else float("nan"),
                 "nme_over_10pct": 100 * float((nme > 0.1).mean()) if len(nme) else float("nan"),
-                "false_faces_per_image": self.false_faces / max(1, self.images), "images": self.images}
+                "false_faces_per_image": self.false_faces / max(1, self.images), "images": self.images,
+                "confidence": self.confidence_report()}
+
+    def confidence_report(self) -> dict | None:
+        """How well the answered confidence ranks the found faces' point errors (None: no confidence answered)."""
+        if not self.confidences or not np.isfinite(np.concatenate(self.confidences)).all():
+            return None
+        report = metrics.confidence_report(np.concatenate(self.confidences), np.concatenate(self.point_errors))
+        report.pop("reliability")
+        return report
 
 
 def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
@@ -167,7 +183,9 @@ def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
 
 
 def answered_keypoints(answer: dict) -> list[np.ndarray]:
-    return [np.array([[p["x"], p["y"]] for p in face["keypoints"]]) for face in answer["faces"]]
+    """Each face's (P, 3): x, y and confidence (NaN where the answer has none)."""
+    return [np.array([[p["x"], p["y"], p.get("confidence", np.nan)] for p in face["keypoints"]])
+            for face in answer["faces"]]
 
 
 def score_over_http(url: str, scenes: list[Scene], concurrency: int = 1, timeout: float = 60.0, points: int = 15
@@ -236,6 +254,9 @@ def evaluate_main(url: str, data: str | None, split: str, scenes: int, concurren
               f"NME > 10 %: {summary['nme_over_10pct']:.1f} % of faces, false faces per image "
               f"{summary['false_faces_per_image']:.3f}; latency ms p50 {np.percentile(latencies, 50):.0f} "
               f"p95 {np.percentile(latencies, 95):.0f}")
+        if summary["confidence"]:
+            print(f"{name}, confidence of the {points} points of the faces found: "
+                  f"{metrics.describe_confidence(summary['confidence'])}")
     return 1 if failed else 0
 
 

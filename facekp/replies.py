@@ -15,22 +15,23 @@ from facekp.contract import KEYPOINT_NAMES
 
 
 class BadReply(ValueError):
-    """A reply that is not HTTP 200 with the 15 contract keypoints in order."""
+    """A reply that is not HTTP 200 with the points asked for (the 15 contract keypoints) in order."""
 
 
-def parse_reply(status: int, text: str | None) -> np.ndarray:
-    """The (15, 2) keypoints of a good reply, in the pixels of the image sent; else BadReply."""
+def parse_reply(status: int, text: str | None, names: tuple[str, ...] = KEYPOINT_NAMES) -> np.ndarray:
+    """(P, 3) of a good reply with the points `names` in order: x and y in the pixels of the image sent, and each
+    point's confidence (NaN where the reply has none); else BadReply."""
     if status != 200:
         raise BadReply(f"HTTP {status}: {(text or '')[:200]}")
     try:
         points = json.loads(text or "")["keypoints"]
-        names = [p["name"] for p in points]
-        coords = np.array([[float(p["x"]), float(p["y"])] for p in points])
+        answered = [p["name"] for p in points]
+        coords = np.array([[float(p["x"]), float(p["y"]), float(p.get("confidence", "nan"))] for p in points])
     except (ValueError, KeyError, TypeError) as err:
         raise BadReply(f"not a keypoint answer ({type(err).__name__}: {err})") from None
-    if names != list(KEYPOINT_NAMES):
-        raise BadReply(f"expected the 15 contract keypoints in order, got {len(names)}: {names[:3]}...")
-    if not np.isfinite(coords).all():
+    if answered != list(names):
+        raise BadReply(f"expected the {len(names)} points in order, got {len(answered)}: {answered[:3]}...")
+    if not np.isfinite(coords[:, :2]).all():
         raise BadReply("non-finite coordinate")
     return coords
 

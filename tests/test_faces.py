@@ -219,3 +219,4 @@ def test_a_frame_of_the_data_set_gives_one_face_on_its_68_labels(service):
     score = photos.SceneScore()
     score.add(photos.frame_scene(frame, 68), photos.answered_keypoints(reply.json()))
     assert score.found == [True] and score.nme[0] < 0.10
+    assert score.summary()["confidence"]["points"] == 68  # each point's confidence against its error

@@ -17,7 +17,7 @@ from PIL import Image
 
 from facekp import evaluate, metrics
 from facekp.archive import MODEL_FILE
-from facekp.contract import KEYPOINT_NAMES, denormalize
+from facekp.contract import KEYPOINT_NAMES, denormalize, view_method
 from facekp.processes import port_in_use
 from facekp.torchserve import Service
 from handler.inference import choose_precision, load_model, model_runner
@@ -123,6 +123,27 @@ def test_http_score_equals_in_process_score(service, validation_faces, tmp_path)
     assert over_http["faces"] == n and over_http["failed"] == 0
     # bf16 kernels differ a little with the batch's size, which TorchServe's batching decides.
     assert over_http["score"] == pytest.approx(in_process, rel=3e-3)
+    assert over_http["confidence"]["points"] == 15 * n
+    assert over_http["confidence"]["spearman_confidence_error"] < 0  # the surer, the closer
+
+
+def test_http_68_point_nme_equals_in_process(service, validation_faces, tmp_path):
+    """--points 68 asks each crop for the 68 iBUG points and scores them by their NME, as the file answers them."""
+    n = 48
+    report = tmp_path / "report68.json"
+    assert evaluate.main(["--url", service.inference_url, "--split", "validation", "--limit", str(n),
+                          "--points", "68", "--json", str(report)]) == 0
+    over_http = json.loads(report.read_text())
+    model = torch.jit.load(str(MODEL_FILE))
+    with torch.inference_mode():
+        answers = getattr(model, view_method(HandlerSettings().views_cpu))(
+            torch.from_numpy(validation_faces.images[:n, None].astype(np.float32) / 255))
+    truth = validation_faces.keypoints68[:n]
+    pred = denormalize(answers[:, len(KEYPOINT_NAMES):, :2].numpy())
+    in_process = 100 * metrics.relative_errors(pred, truth, metrics.inter_ocular(truth)).mean()
+    assert over_http["points"] == 68 and over_http["scored"] == n and over_http["failed"] == 0
+    assert over_http["nme_pct"] == pytest.approx(in_process, rel=2e-2)  # bf16 over HTTP, fp32 here
+    assert over_http["confidence"]["points"] == 68 * n
 
 
 def test_stop_leaves_nothing_running(service):

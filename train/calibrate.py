@@ -26,14 +26,14 @@ import numpy as np
 import torch
 
 from facekp import data as facedata
+from facekp import metrics
 from facekp.contract import NUM_KEYPOINTS, denormalize
 from facekp.data import REPO_ROOT
 from train.exported import CARD_FILE, MODEL_FILE, export, exported_networks, to_tensors
 from train.model import ServingModel, shift_views
 
 CALIBRATION = REPO_ROOT / "train" / "confidence.json"  # the shipped recipe's, fitted on a fold's held-out people
-CLOSE = 0.05  # of the inter-ocular distance: a point this close to its label counts as right
-OUTER_EYE_CORNERS = (36, 45)
+CLOSE = metrics.CLOSE  # 5 % of the inter-ocular distance: a point this close to its label counts as right
 VIEWS = 2  # the CPU's default (handler/settings.py): flip, no shift
 PARTS = {"15": slice(0, NUM_KEYPOINTS), "68": slice(NUM_KEYPOINTS, None)}
 
@@ -59,8 +59,7 @@ def held_out(model: ServingModel, card: dict) -> tuple[np.ndarray, np.ndarray, n
         raw = torch.cat([model.answers(images[i:i + 256], True, shift_views(0)) for i in range(0, len(images), 256)])
     raw = raw.numpy()
     truth = np.concatenate([val.keypoints, val.keypoints68], axis=1)[:, :raw.shape[1]]  # the points it predicts
-    iod = np.linalg.norm(val.keypoints68[:, OUTER_EYE_CORNERS[1]] - val.keypoints68[:, OUTER_EYE_CORNERS[0]], axis=-1)
-    errors = np.linalg.norm(denormalize(raw[..., :2]) - truth, axis=-1) / iod[:, None]
+    errors = metrics.relative_errors(denormalize(raw[..., :2]), truth, metrics.inter_ocular(val.keypoints68))
     return errors, raw[..., 2], val.people
 
 
@@ -105,27 +104,10 @@ def confidences(spreads: np.ndarray, calibration: dict) -> np.ndarray:
     return 1 / (1 + np.exp(-z))
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Rank correlation (ties are rare among float confidences and errors)."""
-    return float(np.corrcoef(np.argsort(np.argsort(a)), np.argsort(np.argsort(b)))[0, 1])
-
-
 def report(confidence: np.ndarray, errors: np.ndarray) -> dict:
-    """Per part: rank correlation of confidence with the error, the least and most confident tenths' mean
-    error, and the reliability table (predicted against observed, by tenth of confidence)."""
-    result = {}
-    for name, part in parts(errors).items():
-        known = np.isfinite(errors[:, part])
-        c, e = confidence[:, part][known], errors[:, part][known]
-        order = np.argsort(c)
-        tenth = len(order) // 10
-        result[name] = {
-            "points": int(len(c)), "nme": float(e.mean()), "spearman_confidence_error": spearman(c, e),
-            "least_confident_tenth_error": float(e[order[:tenth]].mean()),
-            "most_confident_tenth_error": float(e[order[-tenth:]].mean()),
-            "reliability": [{"predicted": float(c[b].mean()), "observed": float((e[b] < CLOSE).mean())}
-                            for b in np.array_split(order, 10)]}
-    return result
+    """Per part (the 15, the 68): facekp.metrics.confidence_report."""
+    return {name: metrics.confidence_report(confidence[:, part], errors[:, part], CLOSE)
+            for name, part in parts(errors).items()}
 
 
 def cross_fitted(errors: np.ndarray, spreads: np.ndarray, people: np.ndarray) -> np.ndarray:
@@ -209,10 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     result = report(cross_fitted(errors, spreads, people), errors)
     for name, part in result.items():
         print(f"{name} points on {len(people)} faces of {len(set(people))} people never seen (each half scored "
-              f"with the numbers of the other): NME {part['nme']:.2%}; Spearman(confidence, error) "
-              f"{part['spearman_confidence_error']:+.3f}; least confident tenth's mean error "
-              f"{part['least_confident_tenth_error']:.2%}, most confident's {part['most_confident_tenth_error']:.2%} "
-              f"(x{part['least_confident_tenth_error'] / part['most_confident_tenth_error']:.2f})", flush=True)
+              f"with the numbers of the other): {metrics.describe_confidence(part)}", flush=True)
     calibration = {**fit(errors, spreads), "fitted_on": f"{args.folder} ({card['data']['split']}), {VIEWS} views",
                    "close": CLOSE, "held_out_report": result}
     args.out.parent.mkdir(parents=True, exist_ok=True)

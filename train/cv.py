@@ -33,7 +33,7 @@ import torch
 
 from facekp import data as facedata
 from facekp import metrics
-from facekp.contract import denormalize
+from facekp.contract import NUM_KEYPOINTS, VIEW_SETTINGS, denormalize, view_method
 from train import run
 from train.exported import CARD_FILE, MODEL_FILE, predict, to_tensors
 
@@ -63,9 +63,23 @@ def run_fold(fold: int, folds: int, out: Path, train_args: list[str]) -> Path:
     print(f"fold {fold}/{folds}: training", flush=True)
     card = run.train(cfg)
     val, images = fold_people(cfg.data, fold, folds)
-    pred = denormalize(predict(torch.jit.load(str(fold_dir / MODEL_FILE)), images))
-    np.savez(done, pred=pred, truth=val.keypoints, people=val.people, minutes=card["training_minutes"])
+    model = torch.jit.load(str(fold_dir / MODEL_FILE))
+    pred = denormalize(predict(model, images))
+    np.savez(done, pred=pred, truth=val.keypoints, people=val.people, minutes=card["training_minutes"],
+             **answers_68(model, images, val))
     return done
+
+
+def answers_68(model: torch.jit.ScriptModule, images: torch.Tensor, val: facedata.FaceData) -> dict[str, np.ndarray]:
+    """pred68 and truth68 (pixels) for a file that predicts the 68 points, at the views of its forward(); else {}."""
+    method = getattr(model, view_method(max(VIEW_SETTINGS)), None)
+    if method is None or val.keypoints68 is None:
+        return {}
+    with torch.inference_mode():
+        answers = torch.cat([method(images[i:i + 256]) for i in range(0, len(images), 256)])
+    if answers.shape[1] <= NUM_KEYPOINTS:
+        return {}
+    return {"pred68": denormalize(answers[:, NUM_KEYPOINTS:, :2].numpy()), "truth68": val.keypoints68}
 
 
 def bootstrap_interval(per_image_mse: np.ndarray, people: np.ndarray, rounds: int = 2000,
@@ -91,6 +105,14 @@ def summarize(files: list[Path], folds: int) -> dict:
     per_person = {name: float(1 / (2 * mse[people == name].mean())) for name in np.unique(people)}
     low, high = bootstrap_interval(mse, people)
     crossed = metrics.crossed_labels(truth)
+    nme68 = {}
+    if all("pred68" in p.files for p in parts):  # files that predict the 68 points (exported since 2026-12-04)
+        truth68 = np.concatenate([p["truth68"] for p in parts])
+        errors = metrics.relative_errors(np.concatenate([p["pred68"] for p in parts]), truth68,
+                                         metrics.inter_ocular(truth68))
+        nme68 = {"nme68_pct": 100 * float(np.nanmean(errors)),
+                 "nme68_pct_jaw_and_inner": [100 * float(np.nanmean(errors[:, :17])),
+                                             100 * float(np.nanmean(errors[:, 17:]))]}
     return {
         "folds": folds,
         "folds_done": [fold_number(f.parent) for f in files],
@@ -107,6 +129,7 @@ def summarize(files: list[Path], folds: int) -> dict:
         "people": len(per_person),
         "training_minutes": [float(p["minutes"]) for p in parts],
         "per_person_score": dict(sorted(per_person.items(), key=lambda kv: kv[1])),
+        **nme68,
     }
 
 
@@ -210,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
              f"95 % bootstrap over people {low:.1f} to {high:.1f}",
              f"fold scores {scores}: mean {summary['fold_mean']:.1f} sd {summary['fold_std']:.1f}",
              f"hardest keypoints (rmse px): {hardest_keypoints(summary)}"]
+    if "nme68_pct" in summary:
+        jaw, inner = summary["nme68_pct_jaw_and_inner"]
+        lines.append(f"68 iBUG points: NME {summary['nme68_pct']:.2f} % of the inter-ocular distance (jawline "
+                     f"{jaw:.2f} %, the 51 inner points {inner:.2f} %)")
     if summary["crossed_labels"]:
         lines.append(f"without the {summary['crossed_labels']} crossed label(s) (a subject's-left point left of its "
                      f"right one: a mislabel, kept above): pooled score "
