@@ -15,9 +15,17 @@ from facekp import metrics
 from facekp.contract import HALF, KEYPOINT_NAMES, VIEW_SETTINGS, denormalize, normalize, view_method
 from facekp.data import REPO_ROOT
 from handler.inference import choose_precision
+from train import cv
 from train.config import Config
 from train.exported import COMMITTED_TEACHERS, exported_networks, load_teacher, predict, to_tensors
-from train.loop import Faces, lr_at, replayed_views, train_network, training_device, training_precision
+from train.loop import (
+    Faces,
+    lr_at,
+    replayed_views,
+    train_network,
+    training_device,
+    training_precision,
+)
 from train.model import KeypointNet, ServingModel, shift_views, shifted
 from train.recipe import QUICK, SERVED_VIEWS, STUDENT, TEACHER_LONG, TEACHER_SHORT, Stage
 from train.run import parse_args
@@ -249,6 +257,27 @@ def test_a_summary_of_the_folds_done_trains_nothing(cv_students):
     assert summary["fold_commands"] == [json.loads((students / "fold_2" / "model_card.json").read_text())["command"]]
 
 
+def test_the_folds_summary_reports_the_68_points_nme_of_files_that_predict_them(tmp_path, faces):
+    """train/cv.py keeps a fold file's 68 points (at its forward()'s views) beside its 15, and pools their NME."""
+    _, val = facedata.split_by_person(faces)
+    val = val.subset(np.arange(16))
+    model = torch.jit.load(str(REPO_ROOT / "model_store" / "keypoints.pt"))
+    kept = cv.answers_68(model, to_tensors(val)[0], val)
+    assert kept["pred68"].shape == kept["truth68"].shape == (16, 68, 2)
+    files = []
+    for k, rows in enumerate((slice(0, 8), slice(8, 16))):
+        (tmp_path / f"fold_{k}").mkdir()
+        files.append(tmp_path / f"fold_{k}" / "predictions.npz")
+        np.savez(files[-1], pred=val.keypoints[rows], truth=val.keypoints[rows], people=val.people[rows], minutes=1,
+                 pred68=kept["pred68"][rows], truth68=kept["truth68"][rows])
+    summary = cv.summarize(files, 5)
+    errors = metrics.relative_errors(kept["pred68"], val.keypoints68, metrics.inter_ocular(val.keypoints68))
+    assert summary["nme68_pct"] == pytest.approx(100 * np.nanmean(errors))
+    jaw, inner = summary["nme68_pct_jaw_and_inner"]
+    assert 1 < summary["nme68_pct"] < 10 and jaw > inner
+    assert cv.answers_68(torch.jit.script(ShiftedMeanFace(torch.zeros(15, 2))), to_tensors(val)[0], val) == {}
+
+
 def test_a_mirrored_student_is_the_same_network_with_its_mirrored_pass(tmp_path, cv_students, faces):
     teachers, students = cv_students
     mirrored = tmp_path / "mirrored"
@@ -443,6 +472,21 @@ def test_a_teacher_of_several_models_answers_their_mean_and_each_must_exist(tmp_
         load_teacher(both, flip=False)
 
 
+def test_a_view_method_of_a_served_file_teaches_every_point_it_predicts():
+    """`A.pt#views_6`: the file's six views as a teacher of the 15 and the 68 points; its 15 are forward()'s."""
+    shipped = REPO_ROOT / "model_store" / "keypoints.pt"
+    teacher = load_teacher(f"{shipped}#views_6")
+    images = torch.rand(3, 1, 96, 96)
+    with torch.inference_mode():
+        answer = teacher(images)
+        forward = torch.jit.load(str(shipped))(images)
+    assert answer.shape == (3, 83, 2)
+    torch.testing.assert_close(answer[:, :15], forward)
+    assert parse_args(["--teachers", f"{shipped}#views_6"]).teachers.endswith("#views_6")
+    with pytest.raises(SystemExit):
+        parse_args(["--teachers", f"{shipped.with_name('missing.pt')}#views_6"])
+
+
 def test_a_teacher_without_its_mirrored_pass_runs_each_network_once_on_each_view():
     spec = "+".join(str(path) for path in COMMITTED_TEACHERS)
     images = torch.rand(4, 1, 96, 96)
@@ -492,13 +536,15 @@ def test_the_committed_teachers_are_the_shipped_models_teachers(faces):
     assert metrics.score(pred, val.keypoints) == pytest.approx(shipped["teacher"]["validation_score"], rel=1e-3)
 
 
-def test_replayed_views_are_the_kept_ones_reshuffled_and_a_mirrored_view_has_mirrored_answers():
+@pytest.mark.parametrize("taught", [15, 83])
+def test_replayed_views_are_the_kept_ones_reshuffled_and_a_mirrored_view_has_mirrored_answers(taught):
     """--view-reuse: a replayed epoch shows each kept view once; a view mirrored on replay gets the mirrored
-    labels (carrying the label offset's gradient) and the teacher's answer mirrored alike."""
+    labels (carrying the label offset's gradient) and the teacher's answer mirrored alike, of the 15 points or
+    of all 83 (a teacher of the 68 too)."""
     net = KeypointNet((8, 8, 8, 8), (1, 1, 1, 1), extra_points=68)
     with torch.no_grad():
         net.label_offset.normal_(0, 0.02)
-    images, labels, answers = torch.rand(10, 1, 96, 96), torch.randn(10, 83, 2), torch.randn(10, 15, 2)
+    images, labels, answers = torch.rand(10, 1, 96, 96), torch.randn(10, 83, 2), torch.randn(10, taught, 2)
     seen = []
     for view, label, answer in replayed_views([(images, labels, answers)], 4, 0.5, torch.Generator().manual_seed(0),
                                                net.mirror):
@@ -507,8 +553,8 @@ def test_replayed_views_are_the_kept_ones_reshuffled_and_a_mirrored_view_has_mir
             i = next(i for i in range(10) if torch.equal(v, images[i]) or torch.equal(v, images[i].flip(-1)))
             mirrored = not torch.equal(v, images[i])
             want_label = net.mirror(labels[i:i + 1])[0] if mirrored else labels[i]
-            want_answer = net.mirror(torch.cat([answers[i:i + 1], labels[i:i + 1, 15:]], 1))[0, :15] if mirrored \
-                else answers[i]
+            whole = torch.cat([answers[i:i + 1], labels[i:i + 1, taught:]], 1)
+            want_answer = net.mirror(whole)[0, :taught] if mirrored else answers[i]
             torch.testing.assert_close(lab, want_label.detach())
             torch.testing.assert_close(ans, want_answer.detach())
             seen.append((i, mirrored))
