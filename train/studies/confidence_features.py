@@ -1,0 +1,102 @@
+"""Which signals of a served file rank its points' errors: the study behind the confidence's formula.
+
+    python train/studies/confidence_features.py runs/recipe/fold_0
+
+On a fold model's held-out people, at two views (the CPU default), each candidate set of signals predicts
+log(error) linearly with an intercept per point, fitted on one half of the people and scored on the other
+(both ways, as train/calibrate.py does); the line is Spearman's rank correlation of the prediction with the
+error over all points. Signals, each per point or as the face's mean over the 15 points:
+the heatmaps' spread (spread), the mirrored views' disagreement (disagree), the heatmaps' entropy (entropy),
+the face's pose as the distance of its points from the mean face (pose), and the gap between each of the
+15 and its twin among the 68 (twins). The last line ranks by the true mean error of each face: what a
+perfect face-level signal would reach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from facekp import metrics
+from facekp.contract import NUM_KEYPOINTS, denormalize
+from train.calibrate import served
+from train.cv import fold_people
+
+TWINS = [[42, 43, 44, 45, 46, 47], [36, 37, 38, 39, 40, 41], [42], [45], [39], [36], [22], [26], [21], [17], [30],
+         [54], [48], [51], [57]]  # the iBUG points of each of the 15 named keypoints
+CANDIDATES = [("spread",), ("spread", "disagree"), ("spread", "entropy"), ("spread", "pose"), ("spread", "twins"),
+              ("spread", "disagree", "entropy", "pose", "twins")]
+
+
+def signals(folder: Path) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """(errors over the inter-ocular distance (N, 15), {signal: (N, 15)}, people) of the fold's held-out faces."""
+    model, card = served(folder)
+    (net,) = model.nets
+    val, images = fold_people(card["config"]["data"], card["config"]["fold"], card["config"]["folds"])
+    with torch.inference_mode():
+        direct = torch.cat([net.forward_with_spread(images[i:i + 256]) for i in range(0, len(images), 256)])
+        flipped = images.flip(-1)
+        mirror = torch.cat([net.forward_with_spread(flipped[i:i + 256]) for i in range(0, len(images), 256)])
+        heat = torch.cat([net.heatmap(images[i:i + 256]).flatten(2) for i in range(0, len(images), 256)])
+        mirrored = net.mirror(mirror[..., :2])
+    points = (0.5 * (direct[..., :2] + mirrored)).numpy()
+    truth = np.concatenate([val.keypoints, val.keypoints68], axis=1)
+    errors = metrics.relative_errors(denormalize(points), truth, metrics.inter_ocular(val.keypoints68))
+    face = slice(0, NUM_KEYPOINTS)
+    spread = np.sqrt((direct[..., 2] ** 2 + mirror[..., 2][:, net.mirror_perm] ** 2).numpy() / 2)
+    gaps = np.stack([points[:, k] - points[:, [NUM_KEYPOINTS + j for j in twin]].mean(1)
+                     for k, twin in enumerate(TWINS)], 1)
+    found = {
+        "spread": spread[:, face],
+        "disagree": 0.5 * np.linalg.norm((direct[..., :2] - mirrored).numpy(), axis=-1)[:, face] + 1e-3,
+        "entropy": -(heat * heat.clamp(min=1e-12).log()).sum(-1).numpy()[:, face],
+        "pose": np.repeat(np.linalg.norm(points - points.mean(0), axis=-1).mean(1, keepdims=True), NUM_KEYPOINTS, 1),
+        "twins": np.linalg.norm(gaps - gaps.mean(0), axis=-1) + 1e-3,
+    }
+    return errors[:, face], found, val.people
+
+
+def features(found: dict[str, np.ndarray], names: tuple[str, ...]) -> np.ndarray:
+    """(N, 15, 2 per signal): each signal's log per point and its face's mean of it."""
+    columns = []
+    for name in names:
+        logged = np.log(found[name])
+        columns += [logged, np.repeat(logged.mean(1, keepdims=True), logged.shape[1], 1)]
+    return np.stack(columns, -1)
+
+
+def cross_fitted_spearman(errors: np.ndarray, x: np.ndarray, people: np.ndarray) -> float:
+    """log(error) ~ per-point intercept + x, fitted on one half of the people, predicted on the other."""
+    names = np.unique(people)
+    half = np.isin(people, np.random.default_rng(0).permutation(names)[: len(names) // 2])
+    predicted = np.empty_like(errors)
+    for test in (half, ~half):
+        y, xs = np.log(errors[~test]), x[~test]
+        y_mean, x_mean = y.mean(0), xs.mean(0)
+        weights = np.linalg.lstsq((xs - x_mean).reshape(-1, x.shape[-1]), (y - y_mean).ravel(), rcond=None)[0]
+        predicted[test] = y_mean + (x[test] - x_mean) @ weights
+    return metrics.spearman(-predicted.ravel(), errors.ravel())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path, help="a fold's run folder (train/cv.py): keypoints.pt and its card")
+    args = parser.parse_args(argv)
+    errors, found, people = signals(args.folder)
+    print(f"{len(people)} faces of {len(set(people))} people never seen, 15 points, two views:")
+    for names in CANDIDATES:
+        rho = cross_fitted_spearman(errors, features(found, names), people)
+        print(f"  {' + '.join(names):44s} Spearman {rho:+.3f}")
+    face_error = np.repeat(errors.mean(1, keepdims=True), errors.shape[1], 1)
+    oracle = -(errors.mean(0) * face_error)
+    rho = metrics.spearman(oracle.ravel(), errors.ravel())
+    print(f"  {'the true error of the whole face (oracle)':44s} Spearman {rho:+.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
