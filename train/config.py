@@ -13,7 +13,9 @@ from train.augment import AugmentConfig
 class Config:
     data: str = ""  # npz or Kaggle CSV; empty = $FACEKP_DATA or ../shared/data/facial_keypoints/
     out: str = "model_store"
-    teachers: str = ""  # "": train the recipe's teachers first; A.pt+B.pt: the student learns from their mean
+    # "": train the recipe's teachers first; A.pt+B.pt: the student learns from their mean; A.pt#views_6: from one
+    # file's view method, which teaches the 68 points too
+    teachers: str = ""
     quick: bool = False  # train/recipe.py's QUICK: tiny networks, 3 epochs, 1024 faces, no 68 points
     all_people: bool = True  # train on every person (the shipped model); validation people are then seen
     fold: int = -1  # -1: the fixed 15 % validation people; k: validate on fold k of --folds (train/cv.py)
@@ -28,6 +30,7 @@ class Config:
     ema_decay: float = 0.998
     distill: float = 0.5  # weight of the teacher's keypoints against the labels in the student's loss
     aux68: float = 0.5  # weight of the 68-point labels as auxiliary targets (0 = off)
+    spread_loss: float = 0.0  # weight of teaching the heatmaps' spread to rank the errors (train/loop.py)
     view_reuse: int = 2  # the student's augmented views and their teacher answers serve this many epochs
     val_every: int = 5  # score the validation faces every this many epochs (and after the last)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
