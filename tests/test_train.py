@@ -22,7 +22,6 @@ from train.loop import (
     Faces,
     lr_at,
     replayed_views,
-    spread_loss,
     train_network,
     training_device,
     training_precision,
@@ -381,7 +380,7 @@ def test_the_default_trains_the_whole_recipe_and_its_parts_are_what_the_shipped_
 
 def test_the_config_holds_product_settings_only():
     """Experiments measured and not adopted stay in the ablation table and the records, not in the flags."""
-    assert len(dataclasses.fields(Config)) <= 21  # 20, and --spread-loss while it is measured
+    assert len(dataclasses.fields(Config)) <= 20
 
 
 @pytest.mark.parametrize("args", [["--from-teachers", "--no-all-people"], ["--from-teachers", "--fold", "1"],
@@ -562,22 +561,6 @@ def test_replayed_views_are_the_kept_ones_reshuffled_and_a_mirrored_view_has_mir
         assert label.requires_grad == any(m for _, m in seen[-len(view):])
     assert sorted(i for i, _ in seen) == list(range(10))
     assert 0 < sum(m for _, m in seen) < 10
-
-
-def test_the_spread_loss_teaches_the_ranking_of_errors_not_the_spreads_level():
-    target = torch.zeros(8, 3, 2)
-    pred = torch.rand(8, 3, 2) * 0.1 + 0.01
-    error = pred.norm(dim=-1)
-    per_point = torch.tensor([1.0, 3.0, 0.5])  # each point's spread may sit at its own level
-    tracking = torch.cat([pred, (error * per_point).unsqueeze(-1)], dim=-1)
-    assert spread_loss(tracking, target) == pytest.approx(0.0, abs=1e-6)
-    flat = torch.cat([pred, torch.full((8, 3, 1), 0.05)], dim=-1)
-    assert spread_loss(flat, target) > 0.01
-    target[0, 1] = float("nan")  # an unlabelled point teaches nothing
-    assert torch.isfinite(spread_loss(flat, target))
-    spread = torch.full((8, 3, 1), 0.05, requires_grad=True)
-    spread_loss(torch.cat([pred, spread], dim=-1), torch.zeros(8, 3, 2)).backward()
-    assert torch.allclose(spread.grad.sum(0), torch.zeros(3, 1), atol=1e-6)  # no pull on the level
 
 
 def test_the_learning_rate_warms_up_then_decays_to_its_floor():

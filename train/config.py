@@ -30,7 +30,6 @@ class Config:
     ema_decay: float = 0.998
     distill: float = 0.5  # weight of the teacher's keypoints against the labels in the student's loss
     aux68: float = 0.5  # weight of the 68-point labels as auxiliary targets (0 = off)
-    spread_loss: float = 0.0  # weight of teaching the heatmaps' spread to rank the errors (train/loop.py)
     view_reuse: int = 2  # the student's augmented views and their teacher answers serve this many epochs
     val_every: int = 5  # score the validation faces every this many epochs (and after the last)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

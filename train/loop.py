@@ -73,19 +73,6 @@ def keypoint_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred[known] - target[known]).abs().mean()
 
 
-def spread_loss(answers: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Teach each point's heatmap spread to rank its errors: per point, the variance over the batch's faces of
-    log(error) - log(spread), so only how much wider one face's heatmap is than another's is taught, not the
-    spread's level (which sets the soft-argmax's precision). answers: (N, P, 3) of forward_with_spread."""
-    error = (answers[..., :2].detach() - target).norm(dim=-1)
-    known = torch.isfinite(error)
-    gap = torch.where(known, error.clamp(min=1e-4).log(), 0) - answers[..., 2].clamp(min=1e-4).log()
-    gap = torch.where(known, gap, 0)
-    count = known.sum(0)
-    centred = gap - gap.sum(0) / count.clamp(min=1)
-    return (centred.pow(2) * known).sum() / known.sum().clamp(min=1)
-
-
 def lr_at(step: int, total: int, warmup: int, peak: float, floor: float = 0.0) -> float:
     """Linear warmup, then a cosine from peak down to peak * floor."""
     if step < warmup:
@@ -198,11 +185,8 @@ def train_network(cfg: Config, stage: Stage, faces: Faces, precision: str, tag: 
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total_steps, warmup, cfg.lr, stage.lr_floor)
             with autocast(precision, device.type):
-                answers = net.forward_with_spread(images).float() if cfg.spread_loss else net(images).float()
-            pred = answers[..., :2]
+                pred = net(images).float()
             loss = keypoint_loss(pred[:, :NUM_KEYPOINTS], target[:, :NUM_KEYPOINTS])
-            if cfg.spread_loss:
-                loss = loss + cfg.spread_loss * spread_loss(answers, target)
             if teacher is not None:
                 loss = (1 - cfg.distill) * loss + cfg.distill * keypoint_loss(pred[:, :NUM_KEYPOINTS],
                                                                               taught[:, :NUM_KEYPOINTS])
