@@ -483,8 +483,9 @@ def test_a_view_method_of_a_served_file_teaches_every_point_it_predicts():
     assert answer.shape == (3, 83, 2)
     torch.testing.assert_close(answer[:, :15], forward)
     assert parse_args(["--teachers", f"{shipped}#views_6"]).teachers.endswith("#views_6")
-    with pytest.raises(SystemExit):
-        parse_args(["--teachers", f"{shipped.with_name('missing.pt')}#views_6"])
+    for wrong in (f"{shipped.with_name('missing.pt')}#views_6", f"{shipped}#views_4", f"{shipped}#views_6+{shipped}"):
+        with pytest.raises(SystemExit):
+            parse_args(["--teachers", wrong])
 
 
 def test_a_teacher_without_its_mirrored_pass_runs_each_network_once_on_each_view():

@@ -27,7 +27,7 @@ import torch
 
 from facekp import data as facedata
 from facekp import metrics
-from facekp.contract import denormalize
+from facekp.contract import VIEW_SETTINGS, denormalize, view_method
 from train import calibrate
 from train.augment import AugmentConfig
 from train.config import QUICK_SETTINGS, Config
@@ -90,6 +90,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
     for path in cfg.teachers.split("+") if cfg.teachers else []:
         if not file_of(path).is_file():
             parser.error(f"--teachers {path}: no such file (a TorchScript model from train/run.py)")
+    if "#" in cfg.teachers:
+        methods = [view_method(n) for n in VIEW_SETTINGS]
+        if "+" in cfg.teachers or cfg.teachers.split("#")[1] not in methods:
+            parser.error(f"--teachers {cfg.teachers}: A.pt#METHOD names one file's view method, one of {methods}")
     if cfg.view_reuse < 1 or cfg.val_every < 1:
         parser.error("--view-reuse and --val-every are numbers of epochs, at least 1")
     if not 0 <= cfg.distill <= 1:
