@@ -472,22 +472,6 @@ def test_a_teacher_of_several_models_answers_their_mean_and_each_must_exist(tmp_
         load_teacher(both, flip=False)
 
 
-def test_a_view_method_of_a_served_file_teaches_every_point_it_predicts():
-    """`A.pt#views_6`: the file's six views as a teacher of the 15 and the 68 points; its 15 are forward()'s."""
-    shipped = REPO_ROOT / "model_store" / "keypoints.pt"
-    teacher = load_teacher(f"{shipped}#views_6")
-    images = torch.rand(3, 1, 96, 96)
-    with torch.inference_mode():
-        answer = teacher(images)
-        forward = torch.jit.load(str(shipped))(images)
-    assert answer.shape == (3, 83, 2)
-    torch.testing.assert_close(answer[:, :15], forward)
-    assert parse_args(["--teachers", f"{shipped}#views_6"]).teachers.endswith("#views_6")
-    for wrong in (f"{shipped.with_name('missing.pt')}#views_6", f"{shipped}#views_4", f"{shipped}#views_6+{shipped}"):
-        with pytest.raises(SystemExit):
-            parse_args(["--teachers", wrong])
-
-
 def test_a_teacher_without_its_mirrored_pass_runs_each_network_once_on_each_view():
     spec = "+".join(str(path) for path in COMMITTED_TEACHERS)
     images = torch.rand(4, 1, 96, 96)
@@ -537,15 +521,13 @@ def test_the_committed_teachers_are_the_shipped_models_teachers(faces):
     assert metrics.score(pred, val.keypoints) == pytest.approx(shipped["teacher"]["validation_score"], rel=1e-3)
 
 
-@pytest.mark.parametrize("taught", [15, 83])
-def test_replayed_views_are_the_kept_ones_reshuffled_and_a_mirrored_view_has_mirrored_answers(taught):
+def test_replayed_views_are_the_kept_ones_reshuffled_and_a_mirrored_view_has_mirrored_answers():
     """--view-reuse: a replayed epoch shows each kept view once; a view mirrored on replay gets the mirrored
-    labels (carrying the label offset's gradient) and the teacher's answer mirrored alike, of the 15 points or
-    of all 83 (a teacher of the 68 too)."""
+    labels (carrying the label offset's gradient) and the teacher's answer mirrored alike."""
     net = KeypointNet((8, 8, 8, 8), (1, 1, 1, 1), extra_points=68)
     with torch.no_grad():
         net.label_offset.normal_(0, 0.02)
-    images, labels, answers = torch.rand(10, 1, 96, 96), torch.randn(10, 83, 2), torch.randn(10, taught, 2)
+    images, labels, answers = torch.rand(10, 1, 96, 96), torch.randn(10, 83, 2), torch.randn(10, 15, 2)
     seen = []
     for view, label, answer in replayed_views([(images, labels, answers)], 4, 0.5, torch.Generator().manual_seed(0),
                                                net.mirror):
@@ -554,8 +536,8 @@ def test_replayed_views_are_the_kept_ones_reshuffled_and_a_mirrored_view_has_mir
             i = next(i for i in range(10) if torch.equal(v, images[i]) or torch.equal(v, images[i].flip(-1)))
             mirrored = not torch.equal(v, images[i])
             want_label = net.mirror(labels[i:i + 1])[0] if mirrored else labels[i]
-            whole = torch.cat([answers[i:i + 1], labels[i:i + 1, taught:]], 1)
-            want_answer = net.mirror(whole)[0, :taught] if mirrored else answers[i]
+            want_answer = net.mirror(torch.cat([answers[i:i + 1], labels[i:i + 1, 15:]], 1))[0, :15] if mirrored \
+                else answers[i]
             torch.testing.assert_close(lab, want_label.detach())
             torch.testing.assert_close(ans, want_answer.detach())
             seen.append((i, mirrored))

@@ -13,9 +13,7 @@ from train.augment import AugmentConfig
 class Config:
     data: str = ""  # npz or Kaggle CSV; empty = $FACEKP_DATA or ../shared/data/facial_keypoints/
     out: str = "model_store"
-    # "": train the recipe's teachers first; A.pt+B.pt: the student learns from their mean; A.pt#views_6: from one
-    # file's view method, which teaches the 68 points too
-    teachers: str = ""
+    teachers: str = ""  # "": train the recipe's teachers first; A.pt+B.pt: the student learns from their mean
     quick: bool = False  # train/recipe.py's QUICK: tiny networks, 3 epochs, 1024 faces, no 68 points
     all_people: bool = True  # train on every person (the shipped model); validation people are then seen
     fold: int = -1  # -1: the fixed 15 % validation people; k: validate on fold k of --folds (train/cv.py)

@@ -14,7 +14,7 @@ import torch
 
 from facekp import data as facedata
 from facekp import metrics
-from facekp.contract import IMAGE_SIZE, KEYPOINT_NAMES, NUM_KEYPOINTS, denormalize, normalize
+from facekp.contract import IMAGE_SIZE, KEYPOINT_NAMES, denormalize, normalize
 from facekp.data import REPO_ROOT
 from facekp.machine import machine
 from train.model import (
@@ -49,8 +49,7 @@ def predict(model: torch.nn.Module, images: torch.Tensor, batch: int = 256) -> n
     """Normalized predictions (N, 15, 2) for model in eval mode, on the model's device."""
     model.eval()
     device = next(itertools.chain(model.parameters(), model.buffers()), torch.empty(0)).device  # CPU if neither
-    answers = [model(images[i:i + batch].to(device))[:, :NUM_KEYPOINTS].cpu() for i in range(0, len(images), batch)]
-    return torch.cat(answers).numpy()
+    return torch.cat([model(images[i:i + batch].to(device)).cpu() for i in range(0, len(images), batch)]).numpy()
 
 
 def export(model: torch.nn.Module, path: Path) -> None:
@@ -115,28 +114,13 @@ def exported_networks(model_file: Path) -> tuple[list[KeypointNet], bool] | None
     return nets, flip
 
 
-class EveryPoint(torch.nn.Module):
-    """A served file's view method as a teacher of every point it predicts: (N, 15 + 68, 2)."""
-
-    def __init__(self, traced: torch.jit.ScriptModule, method: str):
-        super().__init__()
-        self.traced, self.method = traced, method
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return getattr(self.traced, self.method)(x)[..., :2]
-
-
 def load_teacher(spec: str, flip: bool = True) -> torch.nn.Module:
-    """`A.pt` or `A.pt+B.pt`: a teacher of models already trained (their mean). `A.pt#views_6`: one file's view
-    method, which teaches the 68 points too.
+    """`A.pt` or `A.pt+B.pt`: a teacher of models already trained (their mean).
 
     flip=False runs each file's networks without their mirrored pass (train/studies/step_cost.py): they are
     rebuilt from the file's card, as the traced file cannot leave it out. Otherwise the files run as they are.
     """
     models: list[torch.nn.Module] = []
-    if "#" in spec:
-        path, method = spec.split("#")
-        return EveryPoint(torch.jit.load(path, map_location="cpu").eval(), method).eval()
     for path in spec.split("+"):
         if flip:
             models.append(torch.jit.load(path, map_location="cpu").eval())

@@ -137,10 +137,8 @@ def replayed_views(kept: list, batch_size: int, flip: float, gen: torch.Generato
             with torch.no_grad():  # a fixed target, as the live teacher's answers are
                 # mirror() takes every point the net predicts, and the 15 permute among themselves, so the
                 # labels' auxiliary points only fill the shape
-                both = answer[flipped]
-                if answer.shape[1] < label.shape[1]:  # a teacher of the 15 only
-                    both = torch.cat([both, label[flipped][:, NUM_KEYPOINTS:]], dim=1)
-                answer[flipped] = mirror(both)[:, :answer.shape[1]]
+                both = torch.cat([answer[flipped], label[flipped][:, NUM_KEYPOINTS:]], dim=1)
+                answer[flipped] = mirror(both)[:, :NUM_KEYPOINTS]
             label[flipped] = mirror(label[flipped])  # carries the label offset's gradient, as in augment()
         yield view.contiguous(memory_format=torch.channels_last), label, answer
 
@@ -188,14 +186,9 @@ def train_network(cfg: Config, stage: Stage, faces: Faces, precision: str, tag: 
                 pred = net(images).float()
             loss = keypoint_loss(pred[:, :NUM_KEYPOINTS], target[:, :NUM_KEYPOINTS])
             if teacher is not None:
-                loss = (1 - cfg.distill) * loss + cfg.distill * keypoint_loss(pred[:, :NUM_KEYPOINTS],
-                                                                              taught[:, :NUM_KEYPOINTS])
+                loss = (1 - cfg.distill) * loss + cfg.distill * keypoint_loss(pred[:, :NUM_KEYPOINTS], taught)
             if faces.aux68:
-                aux = keypoint_loss(pred[:, NUM_KEYPOINTS:], target[:, NUM_KEYPOINTS:])
-                if taught is not None and taught.shape[1] > NUM_KEYPOINTS:  # a teacher of the 68 points too
-                    aux = (1 - cfg.distill) * aux + cfg.distill * keypoint_loss(pred[:, NUM_KEYPOINTS:],
-                                                                                taught[:, NUM_KEYPOINTS:])
-                loss = loss + cfg.aux68 * aux
+                loss = loss + cfg.aux68 * keypoint_loss(pred[:, NUM_KEYPOINTS:], target[:, NUM_KEYPOINTS:])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -27,7 +27,7 @@ import torch
 
 from facekp import data as facedata
 from facekp import metrics
-from facekp.contract import VIEW_SETTINGS, denormalize, view_method
+from facekp.contract import denormalize
 from train import calibrate
 from train.augment import AugmentConfig
 from train.config import QUICK_SETTINGS, Config
@@ -88,12 +88,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         parser.error(f"{committed[0]} trained on every person, so a student of it would be validated on faces "
                      "its teacher saw: train the teachers too (no --teachers) or name files trained without them")
     for path in cfg.teachers.split("+") if cfg.teachers else []:
-        if not file_of(path).is_file():
+        if not Path(path).is_file():
             parser.error(f"--teachers {path}: no such file (a TorchScript model from train/run.py)")
-    if "#" in cfg.teachers:
-        methods = [view_method(n) for n in VIEW_SETTINGS]
-        if "+" in cfg.teachers or cfg.teachers.split("#")[1] not in methods:
-            parser.error(f"--teachers {cfg.teachers}: A.pt#METHOD names one file's view method, one of {methods}")
     if cfg.view_reuse < 1 or cfg.val_every < 1:
         parser.error("--view-reuse and --val-every are numbers of epochs, at least 1")
     if not 0 <= cfg.distill <= 1:
@@ -145,14 +141,9 @@ def load_faces(cfg: Config, recipe: Recipe) -> tuple[Faces, facedata.FaceData, d
     return Faces(x_train, y_train, to_tensors(val_faces)[0], val_faces.keypoints), val_faces, described
 
 
-def file_of(teacher: str | Path) -> Path:
-    """A teacher's file: `A.pt#views_6` names a view method of A.pt (train/exported.py's load_teacher)."""
-    return Path(str(teacher).split("#")[0])
-
-
 def given_teacher(path: Path) -> dict:
     """A teacher file's line in the card: its command and minutes, from its own card when it has one."""
-    card_file = card_beside(file_of(path))
+    card_file = card_beside(path)
     card = {} if card_file is None else json.loads(card_file.read_text())
     return {"stage": f"teacher {path.stem}", "file": str(path), "command": card.get("command"),
             "minutes": card.get("training_minutes"), "validation_score": card.get("validation", {}).get("score")}
