@@ -47,6 +47,16 @@ def _ibug68_names() -> tuple[str, ...]:
 IBUG68_NAMES = _ibug68_names()
 """Names of the 68 iBUG 300-W points, in iBUG order (the data set's keypoints68, the model's points 15-82)."""
 
+IBUG68_OF_KEYPOINT = ((42, 43, 44, 45, 46, 47), (36, 37, 38, 39, 40, 41), (42,), (45,), (39,), (36,), (22,), (26,),
+                      (21,), (17,), (30,), (54,), (48,), (51,), (57,))
+"""The iBUG points whose mean is each of the 15 named keypoints: how the data set made its 15 from its 68
+(../shared/data/facial_keypoints/build.py), and how a 68-point answer (dlib's) gives the 15."""
+
+
+def keypoints_from_68(points68: np.ndarray) -> np.ndarray:
+    """(..., 68, 2) iBUG points -> (..., 15, 2) named keypoints, as the data set derived its labels."""
+    return np.stack([points68[..., list(ibug), :].mean(-2) for ibug in IBUG68_OF_KEYPOINT], axis=-2)
+
 MEAN_LAYOUT = np.array([
     [64.72, 38.52], [30.94, 38.81], [58.06, 38.85], [71.03, 38.17], [37.48, 39.06], [24.62, 38.51], [57.45, 27.51],
     [78.06, 29.55], [37.84, 27.72], [16.87, 30.05], [48.76, 58.91], [62.01, 76.09], [34.66, 76.34], [48.72, 72.08],

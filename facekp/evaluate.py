@@ -8,6 +8,8 @@ answers carry a confidence, how well it ranks each point's error is reported too
     python -m facekp.evaluate --url http://127.0.0.1:8080 --split validation
     python -m facekp.evaluate --data faces.csv --format jpeg --size 192
     python -m facekp.evaluate --split fold-0 --points 68
+    python -m facekp.evaluate --model faces --split fold-0 --points 68    # whole frames and scenes
+    python -m facekp.evaluate --model dlib --split fold-0 --points 68     # dlib on the same, for comparison
 """
 
 from __future__ import annotations
@@ -158,7 +160,9 @@ def print_summary(summary: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="inference address of the service")
-    parser.add_argument("--model", default="keypoints")
+    parser.add_argument("--model", default="keypoints",
+                        help="keypoints (crops), faces (whole frames and scenes), or dlib: its HOG detector and "
+                             "68-point predictor on the frames and scenes, in-process (facekp.dlib_baseline)")
     parser.add_argument("--data", default=None, help="npz or Kaggle CSV (default: the shared data set)")
     parser.add_argument("--split", choices=facedata.SPLITS,
                         default="all", help="which people to send; 'validation' = the people training held out; "
@@ -174,13 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--points", type=int, choices=(15, 68), default=15,
                         help="score the 15 named keypoints or the 68 iBUG points (NME)")
     args = parser.parse_args(argv)
-    if args.model == "faces":  # the photo path: whole frames and multi-face scenes (facekp.photos)
-        from facekp import photos
+    if args.model in ("faces", "dlib"):  # the photo path: whole frames and multi-face scenes (facekp.photos)
+        from facekp import dlib_baseline, photos
 
         try:
-            return photos.evaluate_main(f"{args.url.rstrip('/')}/predictions/faces", args.data, args.split,
-                                        args.scenes, args.concurrency or 1, points=args.points)
-        except facedata.DataError as err:
+            scorer = dlib_baseline.DlibLandmarks().score if args.model == "dlib" else None
+            target = "dlib (HOG, 68-point predictor)" if scorer else f"{args.url.rstrip('/')}/predictions/faces"
+            return photos.evaluate_main(target, args.data, args.split, args.scenes, args.concurrency or 1,
+                                        points=args.points, scorer=scorer)
+        except (facedata.DataError, dlib_baseline.DlibMissing) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
 

@@ -19,6 +19,7 @@ import argparse
 import csv
 import io
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -188,6 +189,10 @@ def answered_keypoints(answer: dict) -> list[np.ndarray]:
             for face in answer["faces"]]
 
 
+Scorer = Callable[[list[Scene], int], tuple["SceneScore", np.ndarray, list[str]]]
+"""(scenes, points) -> the score, each image's milliseconds, the errors: score_over_http's answer, from elsewhere."""
+
+
 def score_over_http(url: str, scenes: list[Scene], concurrency: int = 1, timeout: float = 60.0, points: int = 15
                     ) -> tuple[SceneScore, np.ndarray, list[str]]:
     """Send every scene (frames as their JPEG file, scenes as JPEG q90) to url asking for `points` points;
@@ -232,9 +237,9 @@ def score_over_http(url: str, scenes: list[Scene], concurrency: int = 1, timeout
 
 
 def evaluate_main(url: str, data: str | None, split: str, scenes: int, concurrency: int, seed: int = 0,
-                  points: int = 15) -> int:
+                  points: int = 15, scorer: Scorer | None = None) -> int:
     """`python -m facekp.evaluate --model faces`: whole frames, then multi-face scenes, on the 15 named keypoints
-    or the 68 iBUG points."""
+    or the 68 iBUG points. scorer answers them instead of the service at url (--model dlib: its name is url)."""
     frames = load_frames(data, split)
     tests = {"frames": [frame_scene(f, points) for f in frames], "scenes": build_scenes(frames, scenes, seed, points)}
     for scene, frame in zip(tests["frames"], frames, strict=True):
@@ -243,7 +248,10 @@ def evaluate_main(url: str, data: str | None, split: str, scenes: int, concurren
     for name, items in tests.items():
         print(f"sending {len(items)} {name} of {len(set(f.person for f in frames))} people ({split}) to {url}, "
               f"{concurrency} concurrent", file=sys.stderr)
-        score, latencies, errors = score_over_http(url, items, concurrency, points=points)
+        if scorer is None:
+            score, latencies, errors = score_over_http(url, items, concurrency, points=points)
+        else:
+            score, latencies, errors = scorer(items, points)
         summary = score.summary()
         failed += len(errors)
         for line in errors[:5]:

@@ -1,8 +1,17 @@
+import sys
+
 import numpy as np
 import pytest
 
-from facekp import metrics
-from facekp.contract import FLIP_PERMUTATION, KEYPOINT_NAMES, MIRROR_X_SHIFT, denormalize, normalize
+from facekp import dlib_baseline, evaluate, metrics
+from facekp.contract import (
+    FLIP_PERMUTATION,
+    KEYPOINT_NAMES,
+    MIRROR_X_SHIFT,
+    denormalize,
+    keypoints_from_68,
+    normalize,
+)
 
 
 def test_flip_permutation_swaps_left_and_right_and_is_an_involution():
@@ -53,3 +62,15 @@ def test_crossed_labels_finds_a_left_point_left_of_its_right_one():
     missing[KEYPOINT_NAMES.index("left_eye_center")] = np.nan
     assert metrics.crossed_labels(np.stack([face, crossed, missing])).tolist() == [False, True, False]
     assert metrics.crossed_labels(np.stack([face]) * [-1, 1]).tolist() == [True]  # the face mirrored, unpermuted
+
+
+def test_the_15_keypoints_are_the_means_of_their_ibug_points_as_the_data_set_made_them(faces):
+    """keypoints_from_68 turns a 68-point answer (dlib's) into the 15 the way the data set made its labels."""
+    assert np.abs(keypoints_from_68(faces.keypoints68) - faces.keypoints).max() < 1e-3
+    assert keypoints_from_68(faces.keypoints68[0]).shape == (15, 2)
+
+
+def test_dlib_as_a_baseline_without_dlib_is_a_clear_error_with_the_install_line(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "dlib", None)  # as on a clone without it: `import dlib` raises ImportError
+    assert evaluate.main(["--model", "dlib", "--split", "fold-0", "--points", "68"]) == 2
+    assert f"dlib is not installed: {dlib_baseline.INSTALL}" in capsys.readouterr().err

@@ -22,12 +22,10 @@ import numpy as np
 import torch
 
 from facekp import metrics
-from facekp.contract import NUM_KEYPOINTS, denormalize
+from facekp.contract import IBUG68_OF_KEYPOINT, NUM_KEYPOINTS, denormalize
 from train.calibrate import served
 from train.cv import fold_people
 
-TWINS = [[42, 43, 44, 45, 46, 47], [36, 37, 38, 39, 40, 41], [42], [45], [39], [36], [22], [26], [21], [17], [30],
-         [54], [48], [51], [57]]  # the iBUG points of each of the 15 named keypoints
 CANDIDATES = [("spread",), ("spread", "disagree"), ("spread", "entropy"), ("spread", "pose"), ("spread", "twins"),
               ("spread", "disagree", "entropy", "pose", "twins")]
 
@@ -49,7 +47,7 @@ def signals(folder: Path) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray
     face = slice(0, NUM_KEYPOINTS)
     spread = np.sqrt((direct[..., 2] ** 2 + mirror[..., 2][:, net.mirror_perm] ** 2).numpy() / 2)
     gaps = np.stack([points[:, k] - points[:, [NUM_KEYPOINTS + j for j in twin]].mean(1)
-                     for k, twin in enumerate(TWINS)], 1)
+                     for k, twin in enumerate(IBUG68_OF_KEYPOINT)], 1)
     found = {
         "spread": spread[:, face],
         "disagree": 0.5 * np.linalg.norm((direct[..., :2] - mirrored).numpy(), axis=-1)[:, face] + 1e-3,
