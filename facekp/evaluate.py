@@ -15,6 +15,7 @@ answers carry a confidence, how well it ranks each point's error is reported too
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import sys
@@ -182,10 +183,13 @@ def main(argv: list[str] | None = None) -> int:
         from facekp import dlib_baseline, photos
 
         try:
-            scorer = dlib_baseline.DlibLandmarks().score if args.model == "dlib" else None
-            target = "dlib (HOG, 68-point predictor)" if scorer else f"{args.url.rstrip('/')}/predictions/faces"
-            return photos.evaluate_main(target, args.data, args.split, args.scenes, args.concurrency or 1,
-                                        points=args.points, scorer=scorer)
+            if args.model == "dlib":
+                target, scorer = "dlib (HOG, 68-point predictor), in-process", dlib_baseline.DlibLandmarks().score
+            else:
+                url, concurrency = f"{args.url.rstrip('/')}/predictions/faces", args.concurrency or 1
+                target = f"{url}, {concurrency} concurrent"
+                scorer = functools.partial(photos.score_over_http, url, concurrency=concurrency)
+            return photos.evaluate_main(target, scorer, args.data, args.split, args.scenes, points=args.points)
         except (facedata.DataError, dlib_baseline.DlibMissing) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

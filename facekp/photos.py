@@ -189,8 +189,9 @@ def answered_keypoints(answer: dict) -> list[np.ndarray]:
             for face in answer["faces"]]
 
 
-Scorer = Callable[[list[Scene], int], tuple["SceneScore", np.ndarray, list[str]]]
-"""(scenes, points) -> the score, each image's milliseconds, the errors: score_over_http's answer, from elsewhere."""
+Scorer = Callable[..., tuple["SceneScore", np.ndarray, list[str]]]
+"""Called as scorer(scenes, points=P): the score, each image's milliseconds and the errors. The service over HTTP
+(score_over_http with its url and concurrency bound) or dlib in-process (facekp.dlib_baseline)."""
 
 
 def score_over_http(url: str, scenes: list[Scene], concurrency: int = 1, timeout: float = 60.0, points: int = 15
@@ -236,22 +237,19 @@ def score_over_http(url: str, scenes: list[Scene], concurrency: int = 1, timeout
     return score, latencies[np.isfinite(latencies)], errors
 
 
-def evaluate_main(url: str, data: str | None, split: str, scenes: int, concurrency: int, seed: int = 0,
-                  points: int = 15, scorer: Scorer | None = None) -> int:
-    """`python -m facekp.evaluate --model faces`: whole frames, then multi-face scenes, on the 15 named keypoints
-    or the 68 iBUG points. scorer answers them instead of the service at url (--model dlib: its name is url)."""
+def evaluate_main(target: str, scorer: Scorer, data: str | None, split: str, scenes: int, seed: int = 0,
+                  points: int = 15) -> int:
+    """`python -m facekp.evaluate --model faces` (or dlib): whole frames, then multi-face scenes, on the 15 named
+    keypoints or the 68 iBUG points, answered by scorer; target names it in the progress lines."""
     frames = load_frames(data, split)
     tests = {"frames": [frame_scene(f, points) for f in frames], "scenes": build_scenes(frames, scenes, seed, points)}
     for scene, frame in zip(tests["frames"], frames, strict=True):
         scene.path_bytes = frame.path.read_bytes()  # the frame's own JPEG file, as a user would send it
     failed = 0
     for name, items in tests.items():
-        print(f"sending {len(items)} {name} of {len(set(f.person for f in frames))} people ({split}) to {url}, "
-              f"{concurrency} concurrent", file=sys.stderr)
-        if scorer is None:
-            score, latencies, errors = score_over_http(url, items, concurrency, points=points)
-        else:
-            score, latencies, errors = scorer(items, points)
+        print(f"sending {len(items)} {name} of {len(set(f.person for f in frames))} people ({split}) to {target}",
+              file=sys.stderr)
+        score, latencies, errors = scorer(items, points=points)
         summary = score.summary()
         failed += len(errors)
         for line in errors[:5]:

@@ -159,8 +159,8 @@ def plot(result: dict, path: Path, title: str) -> None:
 
 def described(path: Path, calibration: dict) -> dict:
     """A card's note of the confidence calibration a model carries."""
-    inside = path.resolve().is_relative_to(REPO_ROOT)  # a clone's own file by its path in the clone, not this machine's
-    return {"calibration": str(path.resolve().relative_to(REPO_ROOT) if inside else path),
+    resolved = path.resolve()  # a clone's own file by its path in the clone, not this machine's
+    return {"calibration": str(resolved.relative_to(REPO_ROOT) if resolved.is_relative_to(REPO_ROOT) else path),
             "fitted_on": calibration["fitted_on"],
             "held_out_report": {name: {k: v for k, v in part.items() if k != "reliability"}
                                 for name, part in calibration["held_out_report"].items()}}

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from facekp import metrics
-from facekp.contract import IBUG68_OF_KEYPOINT, NUM_KEYPOINTS, denormalize
+from facekp.contract import NUM_KEYPOINTS, denormalize, keypoints_from_68
 from train.calibrate import served
 from train.cv import fold_people
 
@@ -46,8 +46,7 @@ def signals(folder: Path) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray
     errors = metrics.relative_errors(denormalize(points), truth, metrics.inter_ocular(val.keypoints68))
     face = slice(0, NUM_KEYPOINTS)
     spread = np.sqrt((direct[..., 2] ** 2 + mirror[..., 2][:, net.mirror_perm] ** 2).numpy() / 2)
-    gaps = np.stack([points[:, k] - points[:, [NUM_KEYPOINTS + j for j in twin]].mean(1)
-                     for k, twin in enumerate(IBUG68_OF_KEYPOINT)], 1)
+    gaps = points[:, :NUM_KEYPOINTS] - keypoints_from_68(points[:, NUM_KEYPOINTS:])
     found = {
         "spread": spread[:, face],
         "disagree": 0.5 * np.linalg.norm((direct[..., :2] - mirrored).numpy(), axis=-1)[:, face] + 1e-3,
