@@ -15,7 +15,7 @@ from facekp import metrics
 from facekp.contract import HALF, KEYPOINT_NAMES, VIEW_SETTINGS, denormalize, normalize, view_method
 from facekp.data import REPO_ROOT
 from handler.inference import choose_precision
-from train import cv
+from train import calibrate, cv
 from train.config import Config
 from train.exported import COMMITTED_TEACHERS, exported_networks, load_teacher, predict, to_tensors
 from train.loop import (
@@ -584,17 +584,27 @@ def test_the_device_is_cuda_where_there_is_one_and_asked_for_cuda_refused_where_
             training_device("cuda")
 
 
+def test_the_confidence_of_several_folds_is_scored_fold_by_fold_and_of_one_fold_half_by_half():
+    people = np.array(["a", "a", "b", "c", "d", "d"])
+    assert calibrate.groups(np.array([0, 0, 0, 1, 1, 1]), people).tolist() == [0, 0, 0, 1, 1, 1]
+    halves = calibrate.groups(np.zeros(6, int), people)
+    assert set(halves.tolist()) == {0, 1} and halves[0] == halves[1] and halves[4] == halves[5]  # a person in one
+
+
 def test_the_confidence_is_fitted_on_a_folds_held_out_people_and_put_into_the_file(tmp_path, cv_students):
-    """train/calibrate.py on a quick fold model: a calibration, an honest report, a file that answers it."""
-    _, students = cv_students
+    """train/calibrate.py on quick fold models: a calibration, an honest report, a file that answers it."""
+    recipe, students = cv_students
     calibration = tmp_path / "confidence.json"
     fitted = subprocess.run([sys.executable, str(REPO_ROOT / "train" / "calibrate.py"), "fit", str(students / "fold_2"),
+                             str(recipe / "fold_2"),  # two models of one fold: its people split in halves
                              "--out", str(calibration), "--plot", str(tmp_path / "reliability.png")],
                             capture_output=True, text=True, timeout=300)
     assert fitted.returncode == 0, fitted.stderr
-    assert "15 points on" in fitted.stdout and "people never seen" in fitted.stdout
+    faces = len(np.load(students / "fold_2" / "predictions.npz")["people"])
+    assert f"15 points on {2 * faces} faces" in fitted.stdout and "people never seen (each half" in fitted.stdout
     numbers = json.loads(calibration.read_text())
     assert len(numbers["curve_a"]) == 15 and set(numbers["held_out_report"]) == {"15"}  # a quick run: no 68
+    assert numbers["fitted_on"].count("(fold 2 of 5)") == 2
     assert (tmp_path / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     target = tmp_path / "calibrated"
     target.mkdir()

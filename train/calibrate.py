@@ -1,6 +1,7 @@
 """The confidence of each served point, calibrated on people the network never saw.
 
-    python train/calibrate.py fit runs/recipe/fold_0 --out train/confidence.json --plot docs/accuracy/confidence.png
+    python train/calibrate.py fit runs/jawreach/fold_0 runs/reach/fold_1 --out train/confidence.json \
+        --plot docs/accuracy/confidence.png                                 # fold models, each on its people
     python train/calibrate.py apply train/confidence.json model_store      # re-export a model with it
 
 A served file answers every point with an uncertainty (train/model.py's ServingModel.answers: the heatmaps'
@@ -10,9 +11,11 @@ root of how unsure of this point against its usual (ServingModel.error_score). C
 probability that the point lies within CLOSE (5 %) of the face's inter-ocular distance (outer eye corners,
 iBUG points 36 and 45) of its label: a logistic curve in log(score), one for the 15 points and one for the 68.
 
-`fit` measures all of it on the held-out people of a model of a fold (its card says which), at the CPU's
-default views, and reports it honestly: the people are split in two, each half scored with the numbers
-fitted on the other. `apply` puts the numbers fitted on all of them into a served file's buffers.
+`fit` measures all of it on the held-out people of models of folds (each card says which), each model on its
+own fold's people, at the CPU's default views, and reports it honestly: each fold is scored with the numbers
+fitted on the others (a different model and other people, as the shipped file is), or with one fold, each half
+of its people with the numbers of the other half. `apply` puts the numbers fitted on all of them into a served
+file's buffers.
 """
 
 from __future__ import annotations
@@ -63,6 +66,21 @@ def held_out(model: ServingModel, card: dict) -> tuple[np.ndarray, np.ndarray, n
     return errors, raw[..., 2], val.people
 
 
+def pooled(folders: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+    """held_out of each fold model on its own people, pooled: (errors, spreads, people, each face's fold, where
+    they came from)."""
+    found, sources = [], []
+    for folder in folders:
+        model, card = served(folder)
+        errors, spreads, people = held_out(model, card)
+        found.append((errors, spreads, people, np.full(len(people), card["config"]["fold"])))
+        sources.append(f"{folder} ({card['data']['split']})")
+    if len({errors.shape[1] for errors, *_ in found}) > 1:
+        raise SystemExit(f"{', '.join(map(str, folders))}: the models predict different points; calibrate alike ones")
+    errors, spreads, people, folds = (np.concatenate([f[k] for f in found]) for k in range(4))
+    return errors, spreads, people, folds, "; ".join(sources)
+
+
 def parts(errors: np.ndarray) -> dict[str, slice]:
     """The 15 named points, and the 68 where the model predicts them."""
     return {name: part for name, part in PARTS.items() if errors.shape[1] > part.start}
@@ -110,12 +128,19 @@ def report(confidence: np.ndarray, errors: np.ndarray) -> dict:
             for name, part in parts(errors).items()}
 
 
-def cross_fitted(errors: np.ndarray, spreads: np.ndarray, people: np.ndarray) -> np.ndarray:
-    """Each half of the people's confidences, from the numbers fitted on the other half."""
+def groups(folds: np.ndarray, people: np.ndarray) -> np.ndarray:
+    """Which group each face is scored in: its fold, or with one fold, a random half of its people."""
+    if len(np.unique(folds)) > 1:
+        return folds
     names = np.unique(people)
-    half = np.isin(people, np.random.default_rng(0).permutation(names)[: len(names) // 2])
+    return np.isin(people, np.random.default_rng(0).permutation(names)[: len(names) // 2]).astype(int)
+
+
+def cross_fitted(errors: np.ndarray, spreads: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Each group's confidences, from the numbers fitted on the other groups."""
     out = np.empty_like(errors)
-    for part in (half, ~half):
+    for g in np.unique(group):
+        part = group == g
         out[part] = confidences(spreads[part], fit(errors[~part], spreads[~part]))
     return out
 
@@ -169,8 +194,9 @@ def described(path: Path, calibration: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    fitting = sub.add_parser("fit", help="fit on a fold model's held-out people and report it")
-    fitting.add_argument("folder", type=Path, help="a fold's run folder (train/cv.py): keypoints.pt and its card")
+    fitting = sub.add_parser("fit", help="fit on fold models' held-out people and report it")
+    fitting.add_argument("folders", type=Path, nargs="+",
+                         help="run folders of folds (train/cv.py): keypoints.pt and its card")
     fitting.add_argument("--out", type=Path, required=True, help="the calibration (JSON)")
     fitting.add_argument("--plot", type=Path, default=None, help="a reliability plot (PNG)")
     applying = sub.add_parser("apply", help="re-export a served file with a calibration")
@@ -188,14 +214,21 @@ def main(argv: list[str] | None = None) -> int:
         (args.folder / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
         print(f"re-exported {args.folder / MODEL_FILE} with the confidence of {args.calibration}")
         return 0
-    model, card = served(args.folder)
-    errors, spreads, people = held_out(model, card)
-    result = report(cross_fitted(errors, spreads, people), errors)
+    errors, spreads, people, folds, sources = pooled(args.folders)
+    confidence = cross_fitted(errors, spreads, groups(folds, people))
+    result = report(confidence, errors)
+    how = ("each fold scored with the numbers fitted on the others" if len(set(folds)) > 1
+           else "each half scored with the numbers of the other")
     for name, part in result.items():
-        print(f"{name} points on {len(people)} faces of {len(set(people))} people never seen (each half scored "
-              f"with the numbers of the other): {metrics.describe_confidence(part)}", flush=True)
-    calibration = {**fit(errors, spreads), "fitted_on": f"{args.folder} ({card['data']['split']}), {VIEWS} views",
-                   "close": CLOSE, "held_out_report": result}
+        print(f"{name} points on {len(people)} faces of {len(set(people))} people never seen ({how}): "
+              f"{metrics.describe_confidence(part)}", flush=True)
+    by_fold = {}  # one model's ranking of its own people: what a served file's users see
+    for fold in sorted(set(folds)) if len(set(folds)) > 1 else []:
+        by_fold[int(fold)] = report(confidence[folds == fold], errors[folds == fold])
+        for name, part in by_fold[int(fold)].items():
+            print(f"  fold {fold}, {name} points: {metrics.describe_confidence(part)}", flush=True)
+    calibration = {**fit(errors, spreads), "fitted_on": f"{sources}, {VIEWS} views", "close": CLOSE,
+                   "held_out_report": result, "held_out_by_fold": by_fold}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(calibration, indent=1) + "\n")
     if args.plot:
