@@ -6,8 +6,8 @@
 
 A served file answers every point with an uncertainty (train/model.py's ServingModel.answers: the heatmaps'
 spread plus the views' disagreement). Alone it ranks errors poorly: a jaw point's heatmap is wide on every
-face. So the score is the point's usual error, times how unsure the network is of the whole face, times the
-root of how unsure of this point against its usual (ServingModel.error_score). Confidence is then the
+face. So the score is the point's usual error, times the root of how unsure the network is of the whole face
+and of this point, each against its usual (train/model.py's expected_error). Confidence is then the
 probability that the point lies within CLOSE (5 %) of the face's inter-ocular distance (outer eye corners,
 iBUG points 36 and 45) of its label: a logistic curve in log(score), one for the 15 points and one for the 68.
 
@@ -33,7 +33,7 @@ from facekp import metrics
 from facekp.contract import NUM_KEYPOINTS, denormalize
 from facekp.data import REPO_ROOT
 from train.exported import CARD_FILE, MODEL_FILE, export, exported_networks, to_tensors
-from train.model import ServingModel, shift_views
+from train.model import ServingModel, expected_error, shift_views
 
 CALIBRATION = REPO_ROOT / "train" / "confidence.json"  # the shipped recipe's, fitted on a fold's held-out people
 CLOSE = metrics.CLOSE  # 5 % of the inter-ocular distance: a point this close to its label counts as right
@@ -111,9 +111,9 @@ def fit(errors: np.ndarray, spreads: np.ndarray) -> dict[str, list[float]]:
 
 
 def scores(spreads: np.ndarray, calibration: dict) -> np.ndarray:
-    """ServingModel.error_score in numpy."""
-    relative = spreads / np.array(calibration["usual_spread"])
-    return np.array(calibration["error_prior"]) * relative.mean(-1, keepdims=True) * np.sqrt(relative)
+    """ServingModel.error_score of these spreads with these numbers."""
+    return expected_error(*(torch.as_tensor(np.asarray(v, dtype=np.float64)) for v in
+                            (spreads, calibration["usual_spread"], calibration["error_prior"]))).numpy()
 
 
 def confidences(spreads: np.ndarray, calibration: dict) -> np.ndarray:
