@@ -1,7 +1,7 @@
 """The confidence of each served point, calibrated on people the network never saw.
 
-    python train/calibrate.py fit runs/jawreach/fold_0 runs/reach/fold_1 --out train/confidence.json \
-        --plot docs/accuracy/confidence.png                                 # fold models, each on its people
+    python train/calibrate.py fit runs/jawreach/fold_0 runs/reach/fold_1 runs/reach/fold_4 \
+        --out train/confidence.json --plot docs/accuracy/confidence.png    # fold models, each on its people
     python train/calibrate.py apply train/confidence.json model_store      # re-export a model with it
 
 A served file answers every point with an uncertainty (train/model.py's ServingModel.answers: the heatmaps'
@@ -35,7 +35,7 @@ from facekp.data import REPO_ROOT
 from train.exported import CARD_FILE, MODEL_FILE, export, exported_networks, to_tensors
 from train.model import ServingModel, expected_error, shift_views
 
-CALIBRATION = REPO_ROOT / "train" / "confidence.json"  # the shipped recipe's, fitted on a fold's held-out people
+CALIBRATION = REPO_ROOT / "train" / "confidence.json"  # the shipped recipe's, fitted on folds' held-out people
 CLOSE = metrics.CLOSE  # 5 % of the inter-ocular distance: a point this close to its label counts as right
 VIEWS = 2  # the CPU's default (handler/settings.py): flip, no shift
 PARTS = {"15": slice(0, NUM_KEYPOINTS), "68": slice(NUM_KEYPOINTS, None)}
@@ -217,13 +217,14 @@ def main(argv: list[str] | None = None) -> int:
     errors, spreads, people, folds, sources = pooled(args.folders)
     confidence = cross_fitted(errors, spreads, groups(folds, people))
     result = report(confidence, errors)
-    how = ("each fold scored with the numbers fitted on the others" if len(set(folds)) > 1
+    several = len(set(folds)) > 1
+    how = ("each fold scored with the numbers fitted on the others" if several
            else "each half scored with the numbers of the other")
     for name, part in result.items():
         print(f"{name} points on {len(people)} faces of {len(set(people))} people never seen ({how}): "
               f"{metrics.describe_confidence(part)}", flush=True)
     by_fold = {}  # one model's ranking of its own people: what a served file's users see
-    for fold in sorted(set(folds)) if len(set(folds)) > 1 else []:
+    for fold in sorted(set(folds)) if several else []:
         by_fold[int(fold)] = report(confidence[folds == fold], errors[folds == fold])
         for name, part in by_fold[int(fold)].items():
             print(f"  fold {fold}, {name} points: {metrics.describe_confidence(part)}", flush=True)

@@ -71,13 +71,9 @@ def source_eye_px(card: dict, points68: np.ndarray) -> np.ndarray:
     """Each held-out face's outer-eye-corner distance in its source frame's pixels (the data set's crop_box)."""
     with np.load(facedata.resolve_data_path(card["config"]["data"] or None)) as npz:
         people = np.array([facedata.person_of(str(name)) for name in npz["source_file"]])
-        side = npz["crop_box"][in_fold(people, card)][:, 2]
+        held = [facedata.fold_of(p, card["config"]["folds"]) == card["config"]["fold"] for p in people]  # as cv.py
+        side = npz["crop_box"][np.array(held)][:, 2]
     return metrics.inter_ocular(points68) * side / IMAGE_SIZE
-
-
-def in_fold(people: np.ndarray, card: dict) -> np.ndarray:
-    """Which of the data set's rows are the card's held-out people, in the order train/cv.py reads them."""
-    return np.array([facedata.fold_of(p, card["config"]["folds"]) == card["config"]["fold"] for p in people])
 
 
 def features(found: dict[str, np.ndarray], names: tuple[str, ...]) -> np.ndarray:
