@@ -111,7 +111,7 @@ def fit(errors: np.ndarray, spreads: np.ndarray) -> dict[str, list[float]]:
 
 
 def scores(spreads: np.ndarray, calibration: dict) -> np.ndarray:
-    """ServingModel.error_score of these spreads with these numbers."""
+    """expected_error of these spreads with these numbers, as ServingModel.confident computes it."""
     return expected_error(*(torch.as_tensor(np.asarray(v, dtype=np.float64)) for v in
                             (spreads, calibration["usual_spread"], calibration["error_prior"]))).numpy()
 

@@ -248,13 +248,9 @@ class ServingModel(nn.Module):
         spread = (torch.stack(variances).mean(0) + disagreement).sqrt()
         return torch.cat([points, spread.unsqueeze(-1)], dim=-1)
 
-    def error_score(self, spread: torch.Tensor) -> torch.Tensor:
-        """(N, points) -> how large each point's error is expected to be (expected_error)."""
-        return expected_error(spread, self.usual_spread, self.error_prior)
-
     def confident(self, answers: torch.Tensor) -> torch.Tensor:
         """answers() with the uncertainty turned into the calibrated confidence in [0, 1]."""
-        score = self.error_score(answers[..., 2]).clamp(min=1e-8)
+        score = expected_error(answers[..., 2], self.usual_spread, self.error_prior).clamp(min=1e-8)
         confidence = torch.sigmoid(self.curve_a + self.curve_b * score.log())
         return torch.cat([answers[..., :2], confidence.unsqueeze(-1)], dim=-1)
 
