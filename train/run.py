@@ -149,11 +149,19 @@ def given_teacher(path: Path) -> dict:
             "minutes": card.get("training_minutes"), "validation_score": card.get("validation", {}).get("score")}
 
 
+def reseeded(recipe: Recipe, offset: int) -> Recipe:
+    """The recipe with offset added to every stage's seed: the same recipe, another draw of its randomness."""
+    if not offset:
+        return recipe
+    again = [dataclasses.replace(stage, seed=stage.seed + offset) for stage in (*recipe.teachers, recipe.student)]
+    return dataclasses.replace(recipe, teachers=tuple(again[:-1]), student=again[-1])
+
+
 def train(cfg: Config) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     start = time.time()
-    recipe = QUICK if cfg.quick else SHIPPED
+    recipe = reseeded(QUICK if cfg.quick else SHIPPED, cfg.seed)
     device = training_device(cfg.device)
     precision = training_precision(cfg.precision, device)
     faces, val_faces, described = load_faces(cfg, recipe)
