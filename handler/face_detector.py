@@ -81,6 +81,10 @@ class FaceDetector:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # onnxruntime's pool threads spin after each run by default, holding a core that the keypoint model's torch
+        # threads then wait for: a photo took 32 ms in-process at 2 threads against 17 ms at 1 (2-core EPYC,
+        # loadtest/photo_latency.py). Without spinning: 16.6 ms.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
