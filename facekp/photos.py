@@ -81,6 +81,26 @@ def frame_scene(frame: Frame, points: int = 15) -> Scene:
     return Scene(image, [frame.labels(points)], [(0, 0, *image.size)], frame.path.name)
 
 
+def rotate_scene(scene: Scene, degrees: float) -> Scene:
+    """The scene turned clockwise by `degrees` as seen in the image (a head rolled that way), on a canvas grown to
+    hold all of it (black corners), its labels turned with it; a pasted region becomes the box around its
+    turned corners."""
+    from handler.square import turn_image, turned_points
+
+    if degrees % 360 == 0:
+        return scene
+    turned = Image.fromarray(turn_image(np.asarray(scene.image), degrees))
+
+    def move(points: np.ndarray) -> np.ndarray:
+        return turned_points(points, degrees, scene.image.size, turned.size)
+
+    regions = []
+    for x0, y0, x1, y1 in scene.regions:
+        corners = move(np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]]) - 0.5) + 0.5  # edges, as the regions
+        regions.append((*corners.min(0), *corners.max(0)))
+    return Scene(turned, [move(face) for face in scene.faces], regions, f"{scene.name}@{degrees:g}")
+
+
 def eye_distance(points: np.ndarray) -> float:
     """Between the outer eye corners: of the 15 named keypoints, or iBUG points 36 and 45 of the 68."""
     first, second = OUTER if len(points) == len(KEYPOINT_NAMES) else metrics.OUTER_EYE_CORNERS

@@ -31,7 +31,7 @@ class FacesHandler(ModelHandler):
         settings = self.settings
         replies = answer_photos(data, self.detector, self.keypoints.every_point, settings.max_pixels,
                                 self.request_headers(data, context), settings.max_faces, settings.refine_steps,
-                                self.model_name)
+                                self.model_name, self.keypoints.framing)
         faces = sum(len(r.body.get("faces", [])) for r in replies)
         logger.info("batch of %d photos: %d faces, %d refused", len(replies), faces,
                     sum(r.status != 200 for r in replies))

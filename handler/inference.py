@@ -141,11 +141,19 @@ class ServedModel:
     answer: Callable[[np.ndarray], np.ndarray] | None = None
     """batch -> (N, points, 3): every point the file answers (the 15, then the 68 where it has them), each with
     its confidence; None for a file without view settings."""
+    glance: Callable[[np.ndarray], np.ndarray] | None = None
+    """The same as answer from the face as it is alone (one view), where views is more: for the photo path's
+    framing passes, whose points only place the square of the pass that answers."""
 
     @property
     def every_point(self) -> Callable[[np.ndarray], np.ndarray]:
         """answer where the file has view settings, else run: what the handlers answer requests with."""
         return self.answer or self.run
+
+    @property
+    def framing(self) -> Callable[[np.ndarray], np.ndarray]:
+        """glance where there is one, else every_point."""
+        return self.glance or self.every_point
 
     def describe(self) -> str:
         views = "the file's own views" if self.views is None else f"{self.views} view{'s' * (self.views > 1)}"
@@ -164,11 +172,14 @@ def prepare_model(model: torch.nn.Module, device: torch.device, precision: str =
     if method is None:
         return ServedModel(model_runner(model, device, chosen, freeze), device, chosen, freeze)
     answer = model_runner(model, device, chosen, freeze, method=method, all_points=True)  # frozen once
+    one_view = view_answer(model, min(VIEW_SETTINGS))
+    glance = (model_runner(model, device, chosen, freeze, method=one_view, all_points=True)
+              if one_view and one_view != method else None)
 
     def run(batch: np.ndarray) -> np.ndarray:
         return answer(batch)[:, :NUM_KEYPOINTS, :2]
 
-    return ServedModel(run, device, chosen, freeze, views, answer)
+    return ServedModel(run, device, chosen, freeze, views, answer, glance)
 
 
 def load_model(model_file: Path, device: torch.device | None = None, precision: str = "auto",

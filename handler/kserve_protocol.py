@@ -12,7 +12,8 @@ the protocols' numbers are exactly the plain answer's. One image per request:
         -> {"predictions": [<the plain answer>]}
 
 The `faces` model answers v2 with one row per face: "boxes" [N, 4] (x, y, width, height), "scores"
-[N] and "keypoints" [N, 15, 2], largest face first, plus "image_size"; N may be 0.
+[N], "rolls" [N] (degrees, clockwise as seen) and "keypoints" [N, 15, 2], largest face first, plus
+"image_size"; N may be 0.
 
 v2's binary tensor data extension (what tritonclient sends by default) is read too: the header
 `Inference-Header-Content-Length: N`, then N bytes of JSON whose input says
@@ -182,6 +183,7 @@ def kserve_answer(protocol: str, answer: Mapping[str, Any], request: Mapping[str
         outputs = [
             {"name": "boxes", "shape": [len(faces), 4], "datatype": "FP32", "data": boxes},
             {"name": "scores", "shape": [len(faces)], "datatype": "FP32", "data": [f["score"] for f in faces]},
+            {"name": "rolls", "shape": [len(faces)], "datatype": "FP32", "data": [f["roll"] for f in faces]},
         ]
     else:
         faces, per_face, outputs = [answer], [answer["keypoints"]], []

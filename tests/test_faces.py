@@ -17,7 +17,7 @@ from PIL import Image
 
 from facekp import photos
 from facekp.archive import FACES, KEYPOINTS
-from facekp.contract import KEYPOINT_NAMES
+from facekp.contract import KEYPOINT_NAMES, MEAN_LAYOUT
 from facekp.data import REPO_ROOT
 from handler import faces as pipeline
 from handler.square import Square, fit_square
@@ -220,3 +220,70 @@ def test_a_frame_of_the_data_set_gives_one_face_on_its_68_labels(service):
     score.add(photos.frame_scene(frame, 68), photos.answered_keypoints(reply.json()))
     assert score.found == [True] and score.nme[0] < 0.10
     assert score.summary()["confidence"]["points"] == 68  # each point's confidence against its error
+
+
+def test_faces_at_any_roll_are_found_once_upright_and_answer_their_roll(service):
+    """Rotated copies of frames of the data set, their labels rotated alongside (facekp.photos.rotate_scene): each
+    face is found once at every roll, read as well as upright, and answers its roll (clockwise as seen)."""
+    require_data()
+    frames = photos.load_frames(split="validation")[:6]
+    for degrees in (0, 30, 60, 90, 135, 180, -45):
+        score = photos.SceneScore()
+        for frame in frames:
+            scene = photos.rotate_scene(photos.frame_scene(frame), degrees)
+            answer = put(service, photos.jpeg_bytes(scene.image, 95)).json()
+            score.add(scene, photos.answered_keypoints(answer))
+            truth_roll = fit_square(scene.faces[0], MEAN_LAYOUT, turn=True).roll_deg
+            for face in answer["faces"]:
+                if np.abs(keypoints_of(face).mean(0) - scene.faces[0].mean(0)).max() < 20:
+                    assert abs((face["roll"] - truth_roll + 180) % 360 - 180) < 8, (frame.path.name, degrees)
+        summary = score.summary()
+        assert summary["recall"] == 1.0 and summary["false_faces_per_image"] == 0, degrees
+        assert max(score.nme) < 0.10, (degrees, score.nme)
+
+
+def test_a_turned_square_cuts_and_maps_back_the_same_pixels():
+    """A bright spot at a known place lands where to_crop says, for upright, turned and upside-down squares; and
+    from_cut maps a cut of any size back onto it."""
+    height, width = 400, 500
+    ys, xs = np.mgrid[0:height, 0:width]
+    squares = [(Square(100.0, 40.0, 240.0, np.radians(30)), 7.0), (Square(200.3, 150.7, 80.0, np.radians(-100)), 2.5),
+               (Square(100.0, 40.0, 240.0), 7.0), (Square(180.0, 120.0, 60.0, np.radians(180)), 1.5)]
+    for square, sigma in squares:
+        spot = np.array([square.x0 + 0.3 * square.side, square.y0 + 0.6 * square.side])
+        gray = (255 * np.exp(-((xs - spot[0]) ** 2 + (ys - spot[1]) ** 2) / (2 * sigma**2))).astype(np.uint8)
+        for size in (96, 160):
+            cut = square.cut(gray, size).astype(float)
+            cut[cut < 0.05 * cut.max()] = 0
+            found = np.array([(cut.sum(0) * np.arange(size)).sum(), (cut.sum(1) * np.arange(size)).sum()]) / cut.sum()
+            assert np.abs(square.from_cut(found, size) - spot).max() < 0.1 * square.side / size + 0.05
+        assert np.allclose(square.to_crop(square.to_image((square.to_crop(spot) - 48) / 48)), square.to_crop(spot))
+
+
+def test_fit_square_with_turn_recovers_the_roll_and_framing():
+    from facekp.contract import MEAN_LAYOUT as layout
+
+    for degrees in (0.0, 12.0, -75.0, 170.0):
+        square = Square(60.0, 30.0, 150.0, np.radians(degrees))
+        points = square.to_image((layout - 48) / 48)
+        fitted = fit_square(points, layout, turn=True)
+        assert np.allclose([fitted.x0, fitted.y0, fitted.side], [60.0, 30.0, 150.0], atol=1e-4)
+        assert abs(fitted.roll_deg - degrees) < 1e-4
+    upright = fit_square(Square(60.0, 30.0, 150.0, np.radians(20)).to_image((layout - 48) / 48), layout)
+    assert upright.angle == 0.0, "without turn, the training crops' rule: scale and shift only"
+
+
+def test_turned_images_and_points_agree():
+    from handler.square import turn_image, turned_points
+
+    image = np.zeros((50, 80), np.uint8)
+    image[12, 60] = 255  # x 60, y 12
+    for degrees in (90, -90, 180, 270, 30):
+        turned = turn_image(image, degrees)
+        expected = turned_points(np.array([60.0, 12.0]), degrees, (80, 50), (turned.shape[1], turned.shape[0]))
+        ys, xs = np.nonzero(turned > 0.25 * turned.max())
+        weights = turned[ys, xs].astype(float)
+        assert np.abs([(xs * weights).sum() / weights.sum() - expected[0],
+                       (ys * weights).sum() / weights.sum() - expected[1]]).max() < 0.3
+        back = turned_points(expected, -degrees, (turned.shape[1], turned.shape[0]), (80, 50))
+        assert np.allclose(back, [60.0, 12.0])

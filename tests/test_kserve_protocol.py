@@ -90,13 +90,15 @@ def test_examples_in_messages_are_valid_json_shapes():
 
 def test_v2_faces_answer_with_and_without_faces():
     point = [{"name": n, "x": 1.0, "y": 2.0} for n in range(15)]
-    answer = {"faces": [{"box": {"x": 1, "y": 2, "width": 3, "height": 4}, "score": 0.9, "keypoints": point}] * 2,
+    answer = {"faces": [{"box": {"x": 1, "y": 2, "width": 3, "height": 4}, "score": 0.9, "roll": -30.5,
+                         "keypoints": point}] * 2,
               "image": {"width": 10, "height": 20}}
     outputs = {o["name"]: o for o in kserve_answer("v2", answer, {}, "faces")["outputs"]}
     assert outputs["boxes"] == {"name": "boxes", "shape": [2, 4], "datatype": "FP32", "data": [1, 2, 3, 4] * 2}
+    assert outputs["rolls"] == {"name": "rolls", "shape": [2], "datatype": "FP32", "data": [-30.5, -30.5]}
     assert outputs["keypoints"]["shape"] == [2, 15, 2] and len(outputs["keypoints"]["data"]) == 60
     empty = {o["name"]: o for o in kserve_answer("v2", {"faces": [], "image": answer["image"]}, {}, "faces")["outputs"]}
-    assert empty["boxes"]["shape"] == [0, 4] and empty["keypoints"]["data"] == []
+    assert empty["boxes"]["shape"] == [0, 4] and empty["keypoints"]["data"] == [] and empty["rolls"]["shape"] == [0]
     assert empty["image_size"]["data"] == [10, 20]
 
 
