@@ -91,9 +91,22 @@ HEALTHCHECK --interval=15s --timeout=6s --start-period=60s --retries=3 \
     CMD ["python3", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/v2/health/ready', timeout=5)"]
 CMD ["python", "-m", "handler.kserve_server", "run", "--bind", "0.0.0.0", "--http_port", "8080", "--grpc_port", "8081"]
 
+# --- TorchServe's frontend with a file sent as a form read as a file, and ?points= read: one class
+# (handler/frontend/, facekp/frontend.py) compiled against the installed jar by a JDK the image does not keep.
+FROM base AS frontend
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends openjdk-17-jdk-headless \
+    && rm -rf /var/lib/apt/lists/*
+COPY facekp/ /tmp/build/facekp/
+COPY handler/frontend/ /tmp/build/handler/frontend/
+RUN PYTHONPATH=/tmp/build python -m facekp.frontend /opt/facekp/frontend
+
 # --- TorchServe (the default target: the last stage).
 FROM base AS torchserve
 COPY config/config.container.properties /opt/facekp/config/config.properties
+# TorchServe's launcher puts the folder it starts in (WORKDIR) first on the frontend's class path.
+COPY --from=frontend /opt/facekp/frontend/org /home/model-server/org
 COPY config/healthcheck.py /opt/facekp/healthcheck.py
 USER 10001:10001
 WORKDIR /home/model-server

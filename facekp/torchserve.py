@@ -24,6 +24,7 @@ import requests
 
 from facekp.archive import BIN, FACES, MODEL_FILE, MODEL_STORE, MODELS, ArchiveError, build_archive
 from facekp.data import REPO_ROOT
+from facekp.frontend import compile_frontend
 from facekp.processes import free_port, port_in_use, wait_until
 
 MODEL_NAME = "keypoints"
@@ -134,6 +135,9 @@ class Service:
         if not archive.is_file():
             raise ServiceError(f"model archive {archive} is missing: build it with `make archive`")
         shutil.rmtree(self.log_dir, ignore_errors=True)
+        not_patched = compile_frontend(self.run_dir)  # TorchServe starts in run_dir: its class path begins there
+        if not_patched:
+            print(f"warning: {not_patched}", file=sys.stderr)
         cmd = ["torchserve", "--start", "--ncs", "--model-store", str(archive.parent.resolve()),
                "--ts-config", str(self._write_config())]
         if not self.models_from_config:

@@ -108,8 +108,9 @@ def read_request(request: dict[str, Any], headers: Mapping[str, Any] | None = No
     counts as a file.
     """
     headers = headers or {}
-    # TorchServe 0.12 drops the query string of /predictions before the handler (pytorch/serve#989), so the
-    # points come as a header (-H 'Points: 68') or a multipart form field (-F points=68)
+    # TorchServe 0.12 drops the query string of /predictions before the handler (pytorch/serve#989): the points
+    # come as a header (-H 'Points: 68', which the frontend fix of handler/frontend/ also makes of ?points=68) or
+    # a multipart form field (-F points=68)
     asked = request.get("points", _header(headers, "points") or None)
     points = points_asked(asked)
     request = {name: value for name, value in request.items() if name != "points"}

@@ -177,8 +177,7 @@ def test_crop_repeats_edge_pixels_outside_the_image():
 
 def test_68_points_and_their_confidence_through_both_routes(service):
     """A Points: 68 header (or a points form field) answers the iBUG 300-W points on the photo path and the crop
-    path, each with a confidence; the 15 named keypoints carry one too, and each face a quality. (TorchServe
-    0.12 drops a query string before the handler, so ?points=68 cannot be read there.)"""
+    path, each with a confidence; the 15 named keypoints carry one too, and each face a quality."""
     from facekp.contract import IBUG68_NAMES
 
     (face,) = requests.put(f"{service.inference_url}/predictions/faces", data=encode(PORTRAIT),
@@ -287,3 +286,31 @@ def test_turned_images_and_points_agree():
                        (ys * weights).sum() / weights.sum() - expected[1]]).max() < 0.3
         back = turned_points(expected, -degrees, (turned.shape[1], turned.shape[0]), (80, 50))
         assert np.allclose(back, [60.0, 12.0])
+
+
+def test_a_file_sent_as_a_form_is_answered_and_points_come_from_the_query(service):
+    """curl --data-binary @face.png sends Content-Type application/x-www-form-urlencoded: both routes answer it
+    (handler/frontend/HttpRequestHandler.java), and ?points=68 asks for the 68 points on both."""
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    photo = requests.post(f"{service.inference_url}/predictions/faces?points=68", data=encode(PORTRAIT),
+                          headers=form, timeout=TIMEOUT)
+    assert photo.status_code == 200, photo.text
+    assert len(photo.json()["faces"][0]["keypoints"]) == 68
+    face = (REPO_ROOT / "samples" / "astronaut_face.png").read_bytes()
+    crop = requests.post(f"{service.inference_url}/predictions/keypoints", data=face, headers=form, timeout=TIMEOUT)
+    assert crop.status_code == 200 and len(crop.json()["keypoints"]) == 15
+    header_wins = requests.put(f"{service.inference_url}/predictions/keypoints?points=68", headers={"Points": "15"},
+                               data=face, timeout=TIMEOUT)
+    assert len(header_wins.json()["keypoints"]) == 15
+    broken = requests.post(f"{service.inference_url}/predictions/keypoints", data=b"a=%zz", headers=form,
+                           timeout=TIMEOUT)
+    assert broken.status_code == 400 and "curl -T face.png" in broken.json()["message"]
+
+
+def test_without_javac_the_frontend_is_left_as_shipped_with_a_reason(tmp_path, monkeypatch):
+    from facekp import frontend
+
+    monkeypatch.setattr(frontend.shutil, "which", lambda name: None)
+    assert "javac (a Java 17 JDK) not found" in frontend.compile_frontend(tmp_path)
+    assert "javac could not run" in frontend.compile_frontend(tmp_path, javac="/nonexistent/javac")
+    assert not (tmp_path / frontend.CLASS).exists()

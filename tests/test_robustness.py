@@ -158,7 +158,9 @@ def cases(faces96) -> dict[str, Case]:
         "PNG, Content-Type text/plain": Case(post(png, "text/plain"), 200, "keypoints", reference=png),
         "PNG, Content-Type application/json": Case(post(png, "application/json"), 200, "keypoints", reference=png),
         "PNG, Content-Type application/x-www-form-urlencoded (curl --data-binary's default)": Case(
-            post(png, "application/x-www-form-urlencoded"), 500, "ErrorDataDecoderException", "frontend"),
+            post(png, "application/x-www-form-urlencoded"), 200, "keypoints", reference=png),
+        "a form that does not decode (a=%zz), Content-Type application/x-www-form-urlencoded": Case(
+            post(b"a=%zz", "application/x-www-form-urlencoded"), 400, "and is not one: send an image", "frontend"),
         "form fields a=1&b=2, Content-Type application/x-www-form-urlencoded": Case(
             post(b"a=1&b=2", "application/x-www-form-urlencoded"), 415, "sent as an HTML form"),
         "multipart, one file (curl -F data=@face.png)": Case(multipart({"data": ("face.png", png, "image/png")}), 200,
@@ -192,6 +194,7 @@ CASE_NAMES = [
     "non-square PNG 192x160", "PNG, no Content-Type (POST)", "PNG, no Content-Type (PUT, like curl -T)",
     "PNG, Content-Type text/plain", "PNG, Content-Type application/json",
     "PNG, Content-Type application/x-www-form-urlencoded (curl --data-binary's default)",
+    "a form that does not decode (a=%zz), Content-Type application/x-www-form-urlencoded",
     "form fields a=1&b=2, Content-Type application/x-www-form-urlencoded",
     "multipart, one file (curl -F data=@face.png)", "multipart, one file and a text field",
     "multipart, no file (a text field only)", "multipart, two files", "multipart, one empty file",
