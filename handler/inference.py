@@ -172,9 +172,9 @@ def prepare_model(model: torch.nn.Module, device: torch.device, precision: str =
     if method is None:
         return ServedModel(model_runner(model, device, chosen, freeze), device, chosen, freeze)
     answer = model_runner(model, device, chosen, freeze, method=method, all_points=True)  # frozen once
-    one_view = view_answer(model, min(VIEW_SETTINGS))
+    one_view = view_method(min(VIEW_SETTINGS))
     glance = (model_runner(model, device, chosen, freeze, method=one_view, all_points=True)
-              if one_view and one_view != method else None)
+              if has_method(model, one_view) and one_view != method else None)
 
     def run(batch: np.ndarray) -> np.ndarray:
         return answer(batch)[:, :NUM_KEYPOINTS, :2]
