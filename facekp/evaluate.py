@@ -9,6 +9,7 @@ answers carry a confidence, how well it ranks each point's error is reported too
     python -m facekp.evaluate --data faces.csv --format jpeg --size 192
     python -m facekp.evaluate --split fold-0 --points 68
     python -m facekp.evaluate --model faces --split fold-0 --points 68    # whole frames and scenes
+    python -m facekp.evaluate --model faces --split fold-0 --roll 45      # the same turned 45 degrees clockwise
     python -m facekp.evaluate --model dlib --split fold-0 --points 68     # dlib on the same, for comparison
 """
 
@@ -178,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenes", type=int, default=50, help="--model faces: multi-face scenes to build and send")
     parser.add_argument("--points", type=int, choices=(15, 68), default=15,
                         help="score the 15 named keypoints or the 68 iBUG points (NME)")
+    parser.add_argument("--roll", type=float, default=0.0,
+                        help="--model faces/dlib: turn every frame and scene this many degrees clockwise first (a head "
+                             "rolled that way), on a canvas grown to hold it, its labels turned alongside")
     args = parser.parse_args(argv)
     if args.model in ("faces", "dlib"):  # the photo path: whole frames and multi-face scenes (facekp.photos)
         from facekp import dlib_baseline, photos
@@ -189,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                 url, concurrency = f"{args.url.rstrip('/')}/predictions/faces", args.concurrency or 1
                 target = f"{url}, {concurrency} concurrent"
                 scorer = functools.partial(photos.score_over_http, url, concurrency=concurrency)
-            return photos.evaluate_main(target, scorer, args.data, args.split, args.scenes, points=args.points)
+            return photos.evaluate_main(target, scorer, args.data, args.split, args.scenes, points=args.points,
+                                        roll=args.roll)
         except (facedata.DataError, dlib_baseline.DlibMissing) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -1,6 +1,6 @@
 """Whole frames and multi-face scenes with known keypoints, and how a photo-path answer is scored.
 
-    python -m facekp.photos calibrate     # DETECTOR_LAYOUT of handler/faces.py, from the training people
+    python -m facekp.photos calibrate     # DETECTOR_LAYOUT of handler/roll.py, from the training people
 
 The frames (../shared/data/frames: 2 per person, the 15 keypoints in frame pixels) are data set
 images: never committed. Scenes are built from them: several frames pasted at different scales
@@ -99,6 +99,13 @@ def rotate_scene(scene: Scene, degrees: float) -> Scene:
         corners = move(np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]]) - 0.5) + 0.5  # edges, as the regions
         regions.append((*corners.min(0), *corners.max(0)))
     return Scene(turned, [move(face) for face in scene.faces], regions, f"{scene.name}@{degrees:g}")
+
+
+def rotated_for_sending(scene: Scene, degrees: float) -> Scene:
+    """rotate_scene, with its image encoded once as it is sent (JPEG q95)."""
+    turned = rotate_scene(scene, degrees)
+    turned.path_bytes = jpeg_bytes(turned.image, 95)
+    return turned
 
 
 def eye_distance(points: np.ndarray) -> float:
@@ -258,13 +265,16 @@ def score_over_http(url: str, scenes: list[Scene], concurrency: int = 1, timeout
 
 
 def evaluate_main(target: str, scorer: Scorer, data: str | None, split: str, scenes: int, seed: int = 0,
-                  points: int = 15) -> int:
+                  points: int = 15, roll: float = 0.0) -> int:
     """`python -m facekp.evaluate --model faces` (or dlib): whole frames, then multi-face scenes, on the 15 named
-    keypoints or the 68 iBUG points, answered by scorer; target names it in the progress lines."""
+    keypoints or the 68 iBUG points, answered by scorer; target names it in the progress lines. With roll, every
+    image is first turned that many degrees clockwise (rotate_scene) and sent as JPEG q95."""
     frames = load_frames(data, split)
     tests = {"frames": [frame_scene(f, points) for f in frames], "scenes": build_scenes(frames, scenes, seed, points)}
     for scene, frame in zip(tests["frames"], frames, strict=True):
         scene.path_bytes = frame.path.read_bytes()  # the frame's own JPEG file, as a user would send it
+    if roll % 360:
+        tests = {name: [rotated_for_sending(scene, roll) for scene in items] for name, items in tests.items()}
     failed = 0
     for name, items in tests.items():
         print(f"sending {len(items)} {name} of {len(set(f.person for f in frames))} people ({split}) to {target}",
@@ -274,8 +284,9 @@ def evaluate_main(target: str, scorer: Scorer, data: str | None, split: str, sce
         failed += len(errors)
         for line in errors[:5]:
             print(f"  failed: {line}", file=sys.stderr)
-        print(f"{name}, {points} points: {summary['faces']} labelled faces in {summary['images']} images: recall "
-              f"{summary['recall']:.3f}"
+        turned = f" turned {roll:g} degrees" if roll % 360 else ""
+        print(f"{name}{turned}, {points} points: {summary['faces']} labelled faces in {summary['images']} images: "
+              f"recall {summary['recall']:.3f}"
               f" (eyes >= 20 px apart: {summary['recall_eyes_20px_up']:.3f}), NME {summary['nme_pct']:.2f} %, "
               f"NME > 10 %: {summary['nme_over_10pct']:.1f} % of faces, false faces per image "
               f"{summary['false_faces_per_image']:.3f}; latency ms p50 {np.percentile(latencies, 50):.0f} "
@@ -287,7 +298,7 @@ def evaluate_main(target: str, scorer: Scorer, data: str | None, split: str, sce
 
 
 def calibrate(frames: list[Frame]) -> np.ndarray:
-    """Mean position of the detector's 5 landmarks in training-framed crops (handler.faces.DETECTOR_LAYOUT)."""
+    """Mean position of the detector's 5 landmarks in training-framed crops (handler.roll.DETECTOR_LAYOUT)."""
     from handler.face_detector import FaceDetector
     from handler.square import fit_square
 
