@@ -21,6 +21,7 @@ class Config:
     device: str = "auto"  # auto: CUDA when there is a GPU, else the CPU | cuda | cpu
     precision: str = "auto"  # auto: bfloat16 autocast on CUDA and where the CPU has AMX / AVX-512 BF16, else fp32
     threads: int = 0  # torch threads (0 = torch's default)
+    student_head: str = ""  # experiment: the student's head "F,K" (F fusing 3x3 convs, heatmaps' kernel K); "": recipe
     seed: int = 0  # added to every stage's seed (train/recipe.py): 0 is the shipped recipe, 1, 2, ... its seed spread
     batch_size: int = 64
     lr: float = 3e-3

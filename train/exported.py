@@ -78,11 +78,14 @@ def card_beside(model_file: Path) -> Path | None:
     return None
 
 
-def card_architecture(card: dict) -> tuple[tuple[int, ...], tuple[int, ...], int]:
-    """(widths, blocks, views' shift) of the network(s) a card describes. Cards written before the recipe had
-    names keep them in their config (a student's in student_widths, its shift in student_tta_shift)."""
+def card_architecture(card: dict) -> tuple[tuple[int, ...], tuple[int, ...], int, tuple[int, int]]:
+    """(widths, blocks, views' shift, head) of the network(s) a card describes. Cards written before the recipe
+    had names keep them in their config (a student's in student_widths, its shift in student_tta_shift); cards
+    written before the head was a choice have the recipe's first one."""
     if "network" in card:
-        return tuple(card["network"]["widths"]), tuple(card["network"]["blocks"]), card["views"]["shift"]
+        network = card["network"]
+        return (tuple(network["widths"]), tuple(network["blocks"]), card["views"]["shift"],
+                tuple(network.get("head", (2, 3))))
     config = card["config"]
     student = config.get("student", False)  # cards from before the student (commit bcb5090) lack these
     widths = config["student_widths"] if student else config["widths"]
@@ -91,7 +94,7 @@ def card_architecture(card: dict) -> tuple[tuple[int, ...], tuple[int, ...], int
         raise ValueError("the card of an architecture no longer built (a regression head, a 48x48 heatmap or a "
                          "head width of its own): rebuild it at the commit that trained it")
     shift = config.get("student_tta_shift", 0) if student and config["student_flip_tta"] else 0
-    return tuple(widths), tuple(config["blocks"]), shift
+    return tuple(widths), tuple(config["blocks"]), shift, (2, 3)
 
 
 def exported_networks(model_file: Path) -> tuple[list[KeypointNet], bool] | None:
@@ -101,9 +104,9 @@ def exported_networks(model_file: Path) -> tuple[list[KeypointNet], bool] | None
     if card_file is None:
         return None
     card = json.loads(card_file.read_text())
-    widths, blocks, shift = card_architecture(card)
+    widths, blocks, shift, head = card_architecture(card)
     traced = torch.jit.load(str(model_file), map_location="cpu").eval()
-    nets = networks_from_weights(traced.state_dict(), widths, blocks)
+    nets = networks_from_weights(traced.state_dict(), widths, blocks, head)
     shifts = shift_views(shift)
     passes = card.get("network_passes_per_face", len(nets) * (2 if card["config"].get("flip_tta") else 1))
     flip = passes == 2 * len(nets) * len(shifts)
@@ -156,7 +159,7 @@ def write_model(model: ServingModel, stage: Stage, views: Views, path: Path, car
         "keypoints": list(KEYPOINT_NAMES),
         "network_passes_per_face": model.passes_per_net,
         "network": {"stage": stage.name, "widths": list(stage.widths), "blocks": list(stage.blocks),
-                    "epochs": stage.epochs, "seed": stage.seed},
+                    "head": list(stage.head), "epochs": stage.epochs, "seed": stage.seed},
         "views": dataclasses.asdict(views),
         "validation": validation,
         "parameters": count_parameters(model),

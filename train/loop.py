@@ -82,7 +82,7 @@ def lr_at(step: int, total: int, warmup: int, peak: float, floor: float = 0.0) -
 
 
 def build_net(stage: Stage, aux68: bool) -> KeypointNet:
-    return KeypointNet(stage.widths, stage.blocks, extra_points=68 if aux68 else 0)
+    return KeypointNet(stage.widths, stage.blocks, extra_points=68 if aux68 else 0, head=stage.head)
 
 
 def weight_average(net: KeypointNet, decay: float) -> AveragedModel:

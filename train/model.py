@@ -83,7 +83,7 @@ class KeypointNet(nn.Module):
     HEATMAP_SIZE = 24  # the 24x24 stage's resolution
 
     def __init__(self, widths: tuple[int, ...] = (24, 48, 96, 192), blocks: tuple[int, ...] = (1, 1, 2, 2),
-                 extra_points: int = 0):
+                 extra_points: int = 0, head: tuple[int, int] = (2, 3)):
         super().__init__()
         self.points = NUM_KEYPOINTS + extra_points
         # Systematic offset of each point's label from where mirror symmetry puts it (ours sit
@@ -106,8 +106,9 @@ class KeypointNet(nn.Module):
         mid = widths[1]
         self.lateral3 = nn.Conv2d(widths[2], mid, 1)
         self.lateral4 = nn.Conv2d(widths[3], mid, 1)
-        self.fuse = nn.Sequential(conv_bn(mid, mid), conv_bn(mid, mid))
-        self.heatmaps = nn.Conv2d(mid, self.points, 3, 1, 1)
+        fuse_convs, kernel = head  # 3x3 convolutions fusing the stages, and the heatmaps' kernel (train/recipe.py)
+        self.fuse = nn.Sequential(*[conv_bn(mid, mid) for _ in range(fuse_convs)])
+        self.heatmaps = nn.Conv2d(mid, self.points, kernel, 1, kernel // 2)
         # Centres of the heatmap cells, in normalized image coordinates.
         size = self.HEATMAP_SIZE
         centres = (torch.arange(size, dtype=torch.float32) + 0.5) * (IMAGE_SIZE / size)
@@ -282,7 +283,7 @@ def moved_back(points: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
 
 
 def networks_from_weights(weights: dict[str, torch.Tensor], widths: tuple[int, ...],
-                          blocks: tuple[int, ...]) -> list[KeypointNet]:
+                          blocks: tuple[int, ...], head: tuple[int, int] = (2, 3)) -> list[KeypointNet]:
     """The networks of an exported ServingModel rebuilt as modules from its state_dict: unlike the traced
     file they can be run without its mirrored pass, or given one (train/studies/mirror.py)."""
     count = 1 + max((int(key.split(".")[1]) for key in weights if key.startswith("nets.")), default=-1)
@@ -290,7 +291,7 @@ def networks_from_weights(weights: dict[str, torch.Tensor], widths: tuple[int, .
     for k in range(count):
         prefix = f"nets.{k}."
         own = {key[len(prefix):]: value for key, value in weights.items() if key.startswith(prefix)}
-        net = KeypointNet(widths, blocks, extra_points=own["label_offset"].shape[0] - NUM_KEYPOINTS)
+        net = KeypointNet(widths, blocks, extra_points=own["label_offset"].shape[0] - NUM_KEYPOINTS, head=head)
         own.setdefault("reach", torch.ones_like(net.reach))  # files trained before the jaw's reach
         net.load_state_dict(own)
         nets.append(net.eval())

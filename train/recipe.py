@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 NETWORK_BLOCKS = (1, 1, 2, 2)  # residual blocks per stage (48x48, 24x24, 12x12, 6x6)
+NETWORK_HEAD = (2, 3)  # 3x3 convolutions fusing the stages at 24x24, and the heatmaps' kernel
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class Stage:
     seed: int  # initialization, batch order, augmentation
     lr_floor: float  # the cosine schedule ends at lr * lr_floor
     blocks: tuple[int, ...] = NETWORK_BLOCKS
+    head: tuple[int, int] = NETWORK_HEAD
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -90,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
     for path in cfg.teachers.split("+") if cfg.teachers else []:
         if not Path(path).is_file():
             parser.error(f"--teachers {path}: no such file (a TorchScript model from train/run.py)")
+    if cfg.student_head and not re_head.fullmatch(cfg.student_head):
+        parser.error("--student-head is F,K: F 3x3 convolutions fusing the stages (0-9), heatmaps' kernel K (1 or 3)")
     if cfg.view_reuse < 1 or cfg.val_every < 1:
         parser.error("--view-reuse and --val-every are numbers of epochs, at least 1")
     if not 0 <= cfg.distill <= 1:
@@ -101,6 +104,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     except ValueError as err:
         parser.error(str(err))
     return cfg
+
+
+re_head = re.compile(r"\d,[13]")
 
 
 def split_rule(cfg: Config) -> str:
@@ -162,6 +168,9 @@ def train(cfg: Config) -> dict:
         torch.set_num_threads(cfg.threads)
     start = time.time()
     recipe = reseeded(QUICK if cfg.quick else SHIPPED, cfg.seed)
+    if cfg.student_head:
+        recipe = dataclasses.replace(recipe, student=dataclasses.replace(
+            recipe.student, head=tuple(int(n) for n in cfg.student_head.split(","))))
     device = training_device(cfg.device)
     precision = training_precision(cfg.precision, device)
     faces, val_faces, described = load_faces(cfg, recipe)
