@@ -277,6 +277,8 @@ def evaluate_main(target: str, scorer: Scorer, data: str | None, split: str, sce
         tests = {name: [rotated_for_sending(scene, roll) for scene in items] for name, items in tests.items()}
     failed = 0
     for name, items in tests.items():
+        if not items:  # --scenes 0
+            continue
         print(f"sending {len(items)} {name} of {len(set(f.person for f in frames))} people ({split}) to {target}",
               file=sys.stderr)
         score, latencies, errors = scorer(items, points=points)

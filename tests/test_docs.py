@@ -25,6 +25,7 @@ W = WORD[1:]
 CODE_MEANINGS = re.compile(
     rf"requests\.S{W}\b|\bInferenceS{W}\b|scope=\"s{W}\"|start_new_s{W}|\bsetsid\b"
     rf"|\b\w+\.s{W}\b|\bs{W}(?:\(\))?\.\w+\(|\bas s{W}\b|\bs{W} = |= s{W}$|\"s{W}\"|\bdef s{W}\(\)"
+    rf"|\"s{W}\.[\w.]+\""  # an onnxruntime option's name: "s{W}.intra_op.allow_spinning"
 )
 ISSUE_NUMBER = re.compile(r"\bissue [0-9]+", re.I)
 
@@ -104,6 +105,7 @@ def test_the_link_checker_finds_broken_links_and_anchors(tmp_path):
     ('@pytest.fixture(scope="s{w}")', True),
     ("subprocess.Popen(cmd, start_new_s{w}=True)", True),
     ("self.s{w} = ort.InferenceS{w}(path)", True),
+    ('options.add_s{w}_config_entry("s{w}.intra_op.allow_spinning", "0")', True),
     ("measured in s{w} 22 on that machine", False),
     ("gathered over several s{w}s", False),
     ("the EPYC some s{w}s get", False),
