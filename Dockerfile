@@ -43,11 +43,11 @@ RUN if ! command -v java >/dev/null; then \
     && useradd --no-log-init --uid 10001 --gid 10001 --create-home --home-dir /home/model-server \
         --shell /usr/sbin/nologin model-server
 
-# The project's pins, less the load-test client (locust), in a venv: one layer that only changes
-# with requirements.txt.
+# The project's pins, less the clients (locust; the video client's av, scipy, tqdm), in a venv: one layer
+# that only changes with requirements.txt.
 COPY requirements.txt requirements-nodeps.txt /tmp/
 RUN python3 -m venv /opt/venv \
-    && grep -v -E '^locust([^A-Za-z0-9_.-]|$)' /tmp/requirements.txt > /tmp/requirements.serve.txt \
+    && grep -v -E '^(locust|av|scipy|tqdm)([^A-Za-z0-9_.-]|$)' /tmp/requirements.txt > /tmp/requirements.serve.txt \
     && /opt/venv/bin/pip install --no-cache-dir ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
         -r /tmp/requirements.serve.txt \
     && /opt/venv/bin/pip install --no-cache-dir --no-deps -r /tmp/requirements-nodeps.txt \
