@@ -34,6 +34,8 @@ KEYPOINT_NAMES: tuple[str, ...] = (
 """Kaggle order. "left" is the subject's left, which is on the image's right."""
 
 NUM_KEYPOINTS = len(KEYPOINT_NAMES)
+OUTER_EYES = (KEYPOINT_NAMES.index("left_eye_outer_corner"), KEYPOINT_NAMES.index("right_eye_outer_corner"))
+"""The outer eye corners among the 15: their distance is a face's size in the NME (the 300-W convention)."""
 
 
 def _ibug68_names() -> tuple[str, ...]:

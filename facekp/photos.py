@@ -28,10 +28,9 @@ from PIL import Image
 
 from facekp import data as facedata
 from facekp import metrics
-from facekp.contract import KEYPOINT_NAMES, MEAN_LAYOUT, rescale_pixels
+from facekp.contract import KEYPOINT_NAMES, MEAN_LAYOUT, OUTER_EYES, rescale_pixels
 
 DEFAULT_FRAMES = facedata.REPO_ROOT.parent / "shared" / "data" / "frames"
-OUTER = (KEYPOINT_NAMES.index("left_eye_outer_corner"), KEYPOINT_NAMES.index("right_eye_outer_corner"))
 SCENE_SIZE = (1280, 960)
 
 
@@ -110,7 +109,7 @@ def rotated_for_sending(scene: Scene, degrees: float) -> Scene:
 
 def eye_distance(points: np.ndarray) -> float:
     """Between the outer eye corners: of the 15 named keypoints, or iBUG points 36 and 45 of the 68."""
-    first, second = OUTER if len(points) == len(KEYPOINT_NAMES) else metrics.OUTER_EYE_CORNERS
+    first, second = OUTER_EYES if len(points) == len(KEYPOINT_NAMES) else metrics.OUTER_EYE_CORNERS
     return float(np.linalg.norm(points[first] - points[second]))
 
 

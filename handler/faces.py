@@ -13,17 +13,20 @@ Every face of every image in a call goes through the model together, once per st
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from facekp.contract import KEYPOINT_NAMES, MEAN_LAYOUT, NUM_KEYPOINTS, rescale_pixels
+from facekp.contract import KEYPOINT_NAMES, MEAN_LAYOUT, NUM_KEYPOINTS, OUTER_EYES, rescale_pixels
 from handler.face_detector import MAX_SIDE, SCORE_THRESHOLD, Detection, FaceDetector
 from handler.processing import (
     MAX_PIXELS,
     FaceAnswer,
+    Incoming,
     Reply,
     RequestError,
     decode_photo,
@@ -100,15 +103,35 @@ def second_look(rgbs: list[np.ndarray], grays: list[np.ndarray], found: list[lis
     look_again) and read again from there, all together; each keeps whichever reading is surer (in place): the
     detector places some strongly rolled faces' landmarks a quarter or half turn off, and a face read the wrong
     way up reads as no face."""
-    again = [(i, j, d) for i, per_image in enumerate(read) for j, (_, out) in enumerate(per_image)
-             if out.shape[-1] > 2 and quality(out) < UNSURE_BELOW
-             and (d := look_again(detector, rgbs[i], found[i][j])) is not None]
-    if not again:
-        return
-    where, outputs = reader.read([grays[i] for i, _, _ in again], [first_square(d) for _, _, d in again])
-    for (i, j, d), sq, out in zip(again, where, outputs, strict=True):
-        if quality(out) > quality(read[i][j][1]):
-            read[i][j], found[i][j] = (sq, out), d
+    unsure_faces = [(i, j) for i, per_image in enumerate(read) for j, (_, out) in enumerate(per_image) if unsure(out)]
+    again = [(i, j, d) for i, j in unsure_faces if (d := look_again(detector, rgbs[i], found[i][j])) is not None]
+    if again:
+        where, outputs = reader.read([grays[i] for i, _, _ in again], [first_square(d) for _, _, d in again])
+        for (i, j, d), sq, out in zip(again, where, outputs, strict=True):
+            if quality(out) > quality(read[i][j][1]):
+                read[i][j], found[i][j] = (sq, out), d
+
+
+SAME_FACE = 0.2
+"""Two faces of a photo whose keypoints lie this close (their mean distance over the outer-eye distance) are one."""
+
+
+def read_twice(read: list[list[tuple[Square, np.ndarray]]]) -> set[tuple[int, int]]:
+    """(image, face) of every face read again as another face of its image (two detections, or two hints, that
+    framed one face): all but the surest of each such group."""
+    twice = set()
+    for i, per_image in enumerate(read):
+        points = [sq.to_image(out[:NUM_KEYPOINTS, :2]) for sq, out in per_image]
+        order = sorted(range(len(per_image)), key=lambda j: -quality(per_image[j][1]) if per_image[j][1].shape[-1] > 2
+                       else 0.0)
+        kept: list[int] = []
+        for j in order:
+            eyes = max(np.linalg.norm(points[j][OUTER_EYES[0]] - points[j][OUTER_EYES[1]]), 1.0)
+            if any(np.linalg.norm(points[j] - points[k], axis=1).mean() < SAME_FACE * eyes for k in kept):
+                twice.add((i, j))
+            else:
+                kept.append(j)
+    return twice
 
 
 UNSURE_BELOW = 0.4
@@ -119,6 +142,11 @@ faces of people never seen read at 0.68 and above, a face read the wrong way up 
 def quality(out: np.ndarray) -> float:
     """The mean confidence of a model answer's 15 points."""
     return float(out[:NUM_KEYPOINTS, 2].mean())
+
+
+def unsure(out: np.ndarray) -> bool:
+    """Whether a model answer reads as a face under UNSURE_BELOW (never for a model without confidences)."""
+    return out.shape[-1] > 2 and quality(out) < UNSURE_BELOW
 
 
 def refit(square: Square, out: np.ndarray) -> Square:
@@ -153,48 +181,131 @@ def faces_json(detections: list[Detection], points: list[np.ndarray], width: int
     return {"faces": faces, "image": {"width": width, "height": height}}
 
 
+@dataclass(eq=False)
+class Photo:
+    """One request's photo on its way through the photo path: decoded, its faces found (or hinted), then read."""
+
+    slot: int  # its place in the batch
+    incoming: Incoming
+    rgb: np.ndarray
+    scale: float  # pixels of the photo as sent per pixel of rgb (decode_photo)
+    found: list[Detection]
+    squares: list[Square]  # where each face is read first
+    read: list[tuple[Square, np.ndarray]] = field(default_factory=list)  # where each was read last, and the answer
+
+    @property
+    def gray(self) -> np.ndarray:
+        return np.asarray(Image.fromarray(self.rgb).convert("L"))
+
+    @property
+    def hinted(self) -> bool:
+        return self.incoming.faces_hint is not None
+
+
 def answer_photos(requests: list[dict[str, Any]], detector: FaceDetector, run_model: Model,
                   max_pixels: int = MAX_PIXELS, headers: list[Mapping[str, Any]] | None = None,
                   max_faces: int = MAX_FACES, refine_steps: int = REFINE_STEPS,
                   model_name: str = "faces", frame_model: Model | None = None) -> list[Reply]:
     """Answer a server-side batch of photos: bad requests get their own 4xx; the faces of all the others
-    go through the keypoint model together (run_model answers, frame_model where given frames: Reader). Each
-    answer is in its request's form (plain, KServe v2/v1)."""
-    reader = Reader(run_model, frame_model, refine_steps)
+    go through the keypoint model together (run_model answers, frame_model where given frames: Reader). A photo
+    with a Faces-Hint (hinted_faces) skips the detector and the framing pass, unless one of its faces reads
+    poorly and is not found around its hint: then the photo is looked at anew. Each answer is in its request's
+    form (plain, KServe v2/v1)."""
     replies: list[Reply | None] = [None] * len(requests)
-    rgbs, grays, squares, found, sizes, slots, scales, incomings = [], [], [], [], [], [], [], []
+    photos: list[Photo] = []
     for i, request in enumerate(requests):
         try:
             incoming = read_request(request, headers[i] if headers else None)
-            photo, scale = decode_photo(incoming.image, max_pixels)
-            detections = largest_first(find_faces(detector, np.asarray(photo)), max_faces)
+            decoded, scale = decode_photo(incoming.image, max_pixels)
+            rgb = np.asarray(decoded)
+            if incoming.faces_hint is None:
+                found = largest_first(find_faces(detector, rgb), max_faces)
+                photos.append(Photo(i, incoming, rgb, scale, found, [first_square(d) for d in found]))
+            else:
+                photos.append(Photo(i, incoming, rgb, scale, *hinted_faces(incoming.faces_hint, scale, max_faces)))
         except Exception as err:
             replies[i] = reply_for_failure(i, err)
-            continue
-        rgbs.append(np.asarray(photo))
-        grays.append(np.asarray(photo.convert("L")))
-        squares.append([first_square(d) for d in detections])
-        found.append(detections)
-        sizes.append((round(photo.width * scale), round(photo.height * scale)))
-        scales.append(scale)
-        slots.append(i)
-        incomings.append(incoming)
-    read = keypoints_for(grays, squares, reader)
-    second_look(rgbs, grays, found, read, detector, reader)
-    for slot, detections, per_face, (width, height), scale, incoming in zip(
-            slots, found, read, sizes, scales, incomings, strict=True):
-        try:
-            answers = [face_answer(out, incoming.points) for _, out in per_face]
-        except RequestError as err:
-            replies[slot] = reply_for_failure(slot, err)
-            continue
-        # the detector's boxes are in continuous coordinates (edges), the keypoints in pixel-centre ones
-        detections = [Detection(tuple(v * scale for v in d.box), d.score, d.landmarks * scale) for d in detections]
-        points = [rescale(sq.to_image(a.normalized), scale) for (sq, _), a in zip(per_face, answers, strict=True)]
-        rolls = [roll_degrees(refit(sq, out)) for sq, out in per_face]  # the turn of the 15 answered
-        plain = faces_json(detections, points, width, height, answers, rolls)
-        replies[slot] = reply_for(slot, incoming, plain, model_name)
+    # A hinted face's square comes from its keypoints: it is read once, as a refined one; a hinted photo with a face
+    # read poorly (moved otherwise than its track foretold, hidden, gone) is looked at anew, as the others are
+    reader = Reader(run_model, frame_model, refine_steps)
+    hinted = [photo for photo in photos if photo.hinted]
+    lost = read_photos(hinted, reader)
+    lost += [p for p in hinted if p not in lost and any(  # the face was elsewhere: the hint was wrong
+        np.linalg.norm(where.centre - hint.centre) > HINT_OFF * hint.side for hint, (where, _) in zip(
+            p.squares, p.read, strict=True))]
+    for photo in lost:
+        photo.found = largest_first(find_faces(detector, photo.rgb), max_faces)
+        photo.squares = [first_square(d) for d in photo.found]
+    read_photos([photo for photo in photos if not photo.hinted or photo in lost], reader, detector)
+    for photo in photos:
+        replies[photo.slot] = photo_reply(photo, model_name)
     return replies  # type: ignore[return-value]
+
+
+def read_photos(photos: list[Photo], reader: Reader, detector: FaceDetector | None = None) -> list[Photo]:
+    """Read every face of the photos in its square (all together) and keep each face once (read_twice), in place.
+    With a detector, the faces read poorly are looked at again (second_look); without, the photos with such a
+    face are returned."""
+    grays = [photo.gray for photo in photos]
+    for photo, per_image in zip(photos, keypoints_for(grays, [p.squares for p in photos], reader), strict=True):
+        photo.read = per_image
+    found, read = [p.found for p in photos], [p.read for p in photos]
+    if detector is not None:
+        second_look([p.rgb for p in photos], grays, found, read, detector, reader)
+    for k, j in sorted(read_twice(read), reverse=True):
+        del read[k][j], found[k][j], photos[k].squares[j]
+    return [p for p in photos if any(unsure(out) for _, out in p.read)] if detector is None else []
+
+
+def photo_reply(photo: Photo, model_name: str) -> Reply:
+    """A read photo's answer in its request's form, or a 4xx where it asked for what cannot be answered."""
+    try:
+        answers = [face_answer(out, photo.incoming.points) for _, out in photo.read]
+    except RequestError as err:
+        return reply_for_failure(photo.slot, err)
+    scale = photo.scale
+    # the detector's boxes are in continuous coordinates (edges), the keypoints in pixel-centre ones
+    found = [Detection(tuple(v * scale for v in d.box), d.score, d.landmarks * scale) for d in photo.found]
+    points = [rescale(sq.to_image(a.normalized), scale) for (sq, _), a in zip(photo.read, answers, strict=True)]
+    rolls = [roll_degrees(refit(sq, out)) for sq, out in photo.read]  # the turn of the 15 answered
+    height, width = photo.rgb.shape[:2]
+    plain = faces_json(found, points, round(width * scale), round(height * scale), answers, rolls)
+    return reply_for(photo.slot, photo.incoming, plain, model_name)
+
+
+HINT_OFF = 0.1
+"""A hinted face found this far from its hint (its framing moved by this share of the square's side) was not
+where the hint said (a turn, a stop): the photo is looked at anew."""
+
+HINT_LANDMARKS = (1, 0, 10, 12, 11)
+"""The detector's 5 landmarks among the 15 keypoints: the subject's right eye, left eye, nose, right and left
+mouth corner."""
+
+
+def hinted_faces(hint: str, scale: float, max_faces: int = MAX_FACES) -> tuple[list[Detection], list[Square]]:
+    """The faces a photo's Faces-Hint says it holds, and the squares to read them in, in pixels of the photo as
+    decoded. The hint is JSON, a list of {"box": [x, y, width, height], "keypoints": [[x, y], ...15], "score": s}
+    in pixels of the photo as sent: a video's faces of a frame before, moved to where they should be now
+    (facekp.video), so that no detector runs and each face is read once in the square its keypoints frame.
+    RequestError 400 where the hint is not that."""
+    try:
+        faces = json.loads(hint)
+        if not isinstance(faces, list) or len(faces) > max_faces:
+            raise ValueError(f"a list of at most {max_faces} faces")
+        detections, squares = [], []
+        for face in faces:
+            box = np.asarray(face["box"], np.float64) / scale
+            points = rescale_pixels(np.asarray(face["keypoints"], np.float64), 1 / scale)
+            score = float(face.get("score", 1.0))
+            if box.shape != (4,) or points.shape != (NUM_KEYPOINTS, 2) or not (
+                    np.isfinite(box).all() and np.isfinite(points).all() and np.isfinite(score)):
+                raise ValueError("each face a box of 4 numbers and 15 keypoints [x, y], all finite")
+            detections.append(Detection(tuple(float(v) for v in box), score, points[list(HINT_LANDMARKS)]))
+            squares.append(fit_square(points, MEAN_LAYOUT, turn=True))
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise RequestError(400, f"Faces-Hint is not a list of faces (JSON: [{{\"box\": [x, y, width, height], "
+                                f"\"keypoints\": [[x, y], ... 15], \"score\": s}}]): {err}") from None
+    return detections, squares
 
 
 def rescale(points: np.ndarray, scale: float) -> np.ndarray:

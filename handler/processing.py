@@ -82,6 +82,8 @@ class Incoming:
     envelope: Mapping[str, Any] | None = None
     points: int = 15
     """The points it asked for (read_request): 15 or 68."""
+    faces_hint: str | None = None
+    """Where its faces are already known, as the photo path reads them (handler.faces.hinted_faces); None: look."""
 
     def reply(self, plain: dict[str, Any], model_name: str) -> Reply:
         """The plain answer in the form this request came in: as it is, or KServe v2/v1 (model_name goes into v2),
@@ -113,13 +115,20 @@ def read_request(request: dict[str, Any], headers: Mapping[str, Any] | None = No
     # a multipart form field (-F points=68)
     asked = request.get("points", _header(headers, "points") or None)
     points = points_asked(asked)
-    request = {name: value for name, value in request.items() if name != "points"}
+    hint = request.get(FACES_HINT.replace("-", "_"), _header(headers, FACES_HINT, lower=False) or None)
+    request = {name: value for name, value in request.items() if name not in ("points", FACES_HINT.replace("-", "_"))}
     incoming = _read_image(request, headers)
     if incoming.envelope is not None:
         parameters = incoming.envelope.get("parameters") or {}
         if isinstance(parameters, Mapping) and "points" in parameters:
             points = points_asked(parameters["points"])
-    return Incoming(incoming.image, incoming.envelope, points)
+    if isinstance(hint, (bytes, bytearray)):
+        hint = hint.decode(errors="replace")
+    return Incoming(incoming.image, incoming.envelope, points, hint)
+
+
+FACES_HINT = "faces-hint"
+"""The header (or, as faces_hint, the form field) of a photo whose faces are already known: a video's frame."""
 
 
 def points_asked(value: Any) -> int:
@@ -184,11 +193,11 @@ def _json_or_bytes(body: bytes) -> Any:
     return parsed if kserve_protocol.protocol_of(parsed) else body
 
 
-def _header(headers: Mapping[str, Any], name: str) -> str:
-    """An HTTP header of the request, case-insensitively, lower-cased; "" if absent."""
+def _header(headers: Mapping[str, Any], name: str, lower: bool = True) -> str:
+    """An HTTP header of the request, case-insensitively, lower-cased unless asked not to; "" if absent."""
     for key, value in headers.items():
         if key.lower() == name and isinstance(value, str):
-            return value.lower()
+            return value.lower() if lower else value
     return ""
 
 

@@ -314,3 +314,29 @@ def test_without_javac_the_frontend_is_left_as_shipped_with_a_reason(tmp_path, m
     assert "javac (a Java 17 JDK) not found" in frontend.compile_frontend(tmp_path)
     assert "javac could not run" in frontend.compile_frontend(tmp_path, javac="/nonexistent/javac")
     assert not (tmp_path / frontend.CLASS).exists()
+
+
+def test_a_faces_hint_reads_the_faces_where_it_says_and_a_wrong_one_is_looked_at_anew(service):
+    """Faces-Hint (a video's faces of a frame before, moved on): no detector, the same answer; a hint off the face
+    or onto nothing is looked at anew, so the answer is the photo's own; a hint that is not a list of faces is a 400."""
+    import json
+
+    body = encode(PORTRAIT)
+    (face,) = put(service, body).json()["faces"]
+    points = keypoints_of(face)
+
+    def hinted(moved: list[float]) -> dict:
+        hint = [{"box": [face["box"][k] + (moved[0] if k == "x" else moved[1] if k == "y" else 0)
+                         for k in ("x", "y", "width", "height")],
+                 "keypoints": (points + moved).tolist(), "score": face["score"]}]
+        reply = requests.put(f"{service.inference_url}/predictions/faces", data=body,
+                             headers={"Faces-Hint": json.dumps(hint)}, timeout=TIMEOUT)
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    for moved in ([1.5, -1.0], [40.0, 25.0], [-200.0, 300.0]):
+        (again,) = hinted(moved)["faces"]
+        assert np.abs(keypoints_of(again) - points).max() < 2.0, moved
+    bad = requests.put(f"{service.inference_url}/predictions/faces", data=body,
+                       headers={"Faces-Hint": '[{"box": [1, 2]}]'}, timeout=TIMEOUT)
+    assert bad.status_code == 400 and "Faces-Hint is not a list of faces" in bad.json()["error"]
