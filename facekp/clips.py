@@ -156,6 +156,16 @@ def placed(frame: Frame, eye_px: float, centres: list[tuple[float, float] | None
     return Person(frame, cutout, scale, path)
 
 
+def sweep(count: int, speed: float, reach: float = 240.0) -> list[float]:
+    """Offsets from the frame's middle of something moving `speed` pixels a frame for `count` frames: one pass
+    across the middle where it fits within +-reach, else back and forth between -reach and +reach."""
+    half = speed * (count - 1) / 2
+    if half <= reach:
+        return [-half + speed * k for k in range(count)]
+    travelled = [(speed * k) % (4 * reach) for k in range(count)]
+    return [-reach + d if d <= 2 * reach else 3 * reach - d for d in travelled]
+
+
 def still(frames: list[Frame], seconds: float = 2.0, eye_px: float = 48, noise: float = 4.0, seed: int = 0) -> Clip:
     """One face that does not move, in sensor noise."""
     count = round(seconds * FPS)
@@ -165,24 +175,24 @@ def still(frames: list[Frame], seconds: float = 2.0, eye_px: float = 48, noise: 
 
 def glide(frames: list[Frame], seconds: float = 2.0, eye_px: float = 48, speed: int = 4, noise: float = 4.0,
           seed: int = 1) -> Clip:
-    """One face moving sideways, `speed` pixels a frame."""
+    """One face moving sideways, `speed` pixels a frame (back and forth in a long clip)."""
     count = round(seconds * FPS)
     (frame,) = pick(frames, 1, eye_px, seed)
-    start = 320 - speed * (count - 1) / 2
-    return Clip("glide", [placed(frame, eye_px, [(start + speed * k, 240) for k in range(count)])], noise, seed)
+    return Clip("glide", [placed(frame, eye_px, [(320 + x, 240) for x in sweep(count, speed)])], noise, seed)
 
 
 def crossing(frames: list[Frame], seconds: float = 2.0, eye_px: float = 48, speed: int = 8, noise: float = 4.0,
              hidden: int = 8, seed: int = 2) -> Clip:
-    """Two people passing each other at `speed` pixels a frame each, the second a little lower and in front; the
-    first is hidden for `hidden` frames where they meet, then comes out on its path."""
+    """Two people passing each other at `speed` pixels a frame each (again and again in a long clip), the second
+    a little lower and in front; the first is hidden for `hidden` frames where they first meet, then comes out
+    on its path."""
     count = round(seconds * FPS)
     behind, front = pick(frames, 2, eye_px, seed)
-    half = speed * (count - 1) / 2
-    meet = (count - 1) / 2
+    offsets = sweep(count, speed)
+    meet = next((k - 0.5 for k in range(1, count) if offsets[k - 1] < 0 <= offsets[k]), (count - 1) / 2)
     gone = range(round(meet - hidden / 2 + 0.5), round(meet - hidden / 2 + 0.5) + hidden)
-    back = [None if k in gone else (320 + half - speed * k, 230) for k in range(count)]
-    ahead = [(320 - half + speed * k, 230 + 0.6 * eye_px) for k in range(count)]
+    back = [None if k in gone else (320 - x, 230) for k, x in enumerate(offsets)]
+    ahead = [(320 + x, 230 + 0.6 * eye_px) for x in offsets]
     return Clip("crossing", [placed(behind, eye_px, back), placed(front, eye_px, ahead)], noise, seed)
 
 
@@ -202,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="the folder to write the clips into (outside the repository)")
     parser.add_argument("--data", default=None, help="the frames folder (frames.csv, images/)")
     parser.add_argument("--split", choices=facedata.SPLITS, default="all", help="whose frames make the clips")
+    parser.add_argument("--seconds", type=float, default=2.0, help="each clip's length (moving faces turn back "
+                                                                  "at the frame's sides)")
     args = parser.parse_args(argv)
     try:
         frames = load_frames(args.data, args.split)
@@ -210,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     for name, make in MAKERS.items():
-        clip = make(frames)
+        clip = make(frames, seconds=args.seconds)
         print(f"wrote {clip.write(args.out / f'{name}.mp4')}: {len(clip)} frames, {len(clip.people)} "
               f"{'person' if len(clip.people) == 1 else 'people'}")
     return 0

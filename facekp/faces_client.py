@@ -65,9 +65,11 @@ class FacesClient:
         except requests.RequestException as err:
             raise ServiceDown(self.url, err) from None
 
-    def ask(self, body: bytes, content_type: str | None = None) -> dict:
-        """The service's answer for one image ({"faces": [...], "image": {...}}); ImageFailed, or ServiceDown."""
-        headers = {"Points": str(self.points), **({"Content-Type": content_type} if content_type else {})}
+    def ask(self, body: bytes, content_type: str | None = None, faces_hint: str | None = None) -> dict:
+        """The service's answer for one image ({"faces": [...], "image": {...}}); ImageFailed, or ServiceDown.
+        faces_hint: where its faces are already known (the Faces-Hint header: handler.faces.hinted_faces)."""
+        headers = {"Points": str(self.points), **({"Content-Type": content_type} if content_type else {}),
+                   **({"Faces-Hint": faces_hint} if faces_hint else {})}
         try:
             for attempt in range(self.retries + 1):
                 reply = self.http().post(self.endpoint, data=body, headers=headers, timeout=self.timeout)

@@ -73,9 +73,10 @@ class Tracker:
         self.tracks: list[Track] = []
         self.next_id = 1
 
-    def update(self, frame: int, boxes: np.ndarray, points: np.ndarray) -> list[int]:
+    def update(self, frame: int, boxes: np.ndarray, points: np.ndarray, sure: list[bool] | None = None) -> list[int]:
         """The track id of each face of `frame`: boxes (N, 4) as x, y, width, height and keypoints (N, P, 2), in
-        pixels; in the order given."""
+        pixels; in the order given. A face that is not sure (sure[n] False: read poorly, as a face half hidden
+        is) keeps its track alive but does not move it: the track goes on as it was going."""
         s = self.settings
         self.tracks = [t for t in self.tracks if t.misses(frame) <= s.max_misses]
         boxes, points = np.asarray(boxes, float).reshape(-1, 4), np.asarray(points, float)
@@ -84,7 +85,7 @@ class Tracker:
             cost = self.cost(frame, boxes, points)
             for t, n in zip(*linear_sum_assignment(cost), strict=True):
                 if cost[t, n] < self.UNMATCHABLE:
-                    self.follow(self.tracks[t], frame, boxes[n], points[n])
+                    self.follow(self.tracks[t], frame, boxes[n], points[n], sure is None or sure[n])
                     ids[n] = self.tracks[t].id
         for n, found in enumerate(ids):
             if found is None:
@@ -107,8 +108,13 @@ class Tracker:
         limit = s.max_distance + s.distance_growth * misses
         return np.where(distance <= limit[:, None], cost, self.UNMATCHABLE)
 
-    def follow(self, track: Track, frame: int, box: np.ndarray, points: np.ndarray) -> None:
-        """The track seen again in `frame`: its velocity updated from the motion since it was last seen."""
+    def follow(self, track: Track, frame: int, box: np.ndarray, points: np.ndarray, sure: bool = True) -> None:
+        """The track seen again in `frame`: its velocity updated from the motion since it was last seen; where the
+        face is not sure, moved on at its velocity instead."""
+        if not sure:
+            track.box, track.points = track.predicted(frame)
+            track.last_frame = frame
+            return
         motion = (points.mean(0) - track.points.mean(0)) / (frame - track.last_frame)
         gain = 1.0 if track.hits == 1 else self.settings.velocity_gain
         track.velocity = track.velocity + gain * (motion - track.velocity)

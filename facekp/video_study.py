@@ -1,12 +1,14 @@
-"""Should the video client smooth by default? Jitter against lag, measured on the test clips, both ways.
+"""How should the video client read a clip: every frame looked at anew, or with hints, and smoothed or not?
 
     make serve
-    python -m facekp.video_study                                   # the four clips, smoothing off and on
+    python -m facekp.video_study                                   # the four clips, each read three ways
+    python -m facekp.video_study --seconds 10 --split fold-0       # 10 s clips of the people fold 0 holds out
     python -m facekp.video_study --points 68 --beta 10 --min-cutoff 0.5
 
 Each clip of facekp.clips is made, written as H.264 into a temporary folder and decoded again (as a user's
-file would be), then sent through facekp.video.track_frames once without smoothing and once with. Every frame
-is scored against the clip's known keypoints:
+file would be), then sent through facekp.video.track_frames three ways: every frame looked at anew (no hints),
+with hints (the default: facekp.video.faces_hint), and with hints and smoothing. Every frame is scored against
+the clip's known keypoints:
 
 - recall: the share of visible faces answered (an answered face counts where its keypoints' centre lies in the
   face's keypoint box grown by 25 %, as facekp.photos scores scenes);
@@ -14,7 +16,8 @@ is scored against the clip's known keypoints:
 - jitter: the points' frame-to-frame motion beyond the true motion, over the outer-eye distance (on a still face,
   all their motion);
 - lag: how far the points trail the true position along the motion, in milliseconds (moving clips only);
-- id switches: the times a person's answered id changed from one frame where it was found to the next.
+- id switches: the times a person's answered id changed from one frame where it was found to the next;
+- frames/s: the clip's frames over the time to read them all (a benchmark only on a machine doing nothing else).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,30 +115,38 @@ def score_clip(clip: clips.Clip, records: Iterable[dict], points: int = 15) -> C
     return score
 
 
-def run(url: str, points: int, smoothing: OneEuroSettings, data: str | None, split: str) -> list[dict]:
-    """One row per clip and smoothing (off, on)."""
+MODES = {"every frame": {"hints": False, "smooth": False}, "hints": {"hints": True, "smooth": False},
+         "hints, smoothed": {"hints": True, "smooth": True}}
+"""The ways a clip is read: the service looking on every frame, with hints (the default), and smoothed too."""
+
+
+def run(url: str, points: int, smoothing: OneEuroSettings, data: str | None, split: str,
+        seconds: float = 2.0) -> list[dict]:
+    """One row per clip and way of reading it (MODES)."""
     frames = load_frames(data, split)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for name, make in clips.MAKERS.items():
-            clip = make(frames)
+            clip = make(frames, seconds=seconds)
             path = clip.write(Path(folder) / f"{name}.mp4")
-            for smooth in (False, True):
+            for mode, how in MODES.items():
+                started = time.perf_counter()
                 with VideoReader(path) as reader:
                     decoded = ((frame.time, frame.image) for frame in reader)
-                    records = track_frames(decoded, url, points, smooth=smooth, smoothing=smoothing)
+                    records = track_frames(decoded, url, points, smoothing=smoothing, **how)
                     score = score_clip(clip, records, points)
-                rows.append({"clip": name, "smooth": smooth, **score.row(clip.fps)})
-                print(f"  {name}, smoothing {'on' if smooth else 'off'}: done", file=sys.stderr, flush=True)
+                fps = len(clip) / (time.perf_counter() - started)
+                rows.append({"clip": name, "mode": mode, **score.row(clip.fps), "frames_per_s": fps})
+                print(f"  {name}, {mode}: done", file=sys.stderr, flush=True)
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| clip | smoothing | recall | NME % | jitter % | lag ms | id switches |", "|---" * 7 + "|"]
+    lines = ["| clip | read | recall | NME % | jitter % | lag ms | id switches | frames/s |", "|---" * 8 + "|"]
     for r in rows:
         lag = "-" if np.isnan(r["lag_ms"]) else f"{r['lag_ms']:.1f}"
-        lines.append(f"| {r['clip']} | {'on' if r['smooth'] else 'off'} | {r['recall']:.3f} | {r['nme_pct']:.2f} | "
-                     f"{r['jitter_pct']:.2f} | {lag} | {r['id_switches']} |")
+        lines.append(f"| {r['clip']} | {r['mode']} | {r['recall']:.3f} | {r['nme_pct']:.2f} | "
+                     f"{r['jitter_pct']:.2f} | {lag} | {r['id_switches']} | {r['frames_per_s']:.1f} |")
     return "\n".join(lines)
 
 
@@ -144,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--points", type=int, choices=(15, 68), default=15)
     parser.add_argument("--data", default=None, help="the frames folder (frames.csv, images/)")
     parser.add_argument("--split", choices=facedata.SPLITS, default="all", help="whose frames make the clips")
+    parser.add_argument("--seconds", type=float, default=2.0, help="each clip's length")
     defaults = OneEuroSettings()
     parser.add_argument("--min-cutoff", type=float, default=defaults.min_cutoff, help="One Euro: Hz at rest")
     parser.add_argument("--beta", type=float, default=defaults.beta, help="One Euro: Hz per eye distance a second")
@@ -151,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     smoothing = OneEuroSettings(args.min_cutoff, args.beta, args.d_cutoff)
     try:
-        rows = run(args.url, args.points, smoothing, args.data, args.split)
+        rows = run(args.url, args.points, smoothing, args.data, args.split, args.seconds)
     except (facedata.DataError, ServiceDown) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

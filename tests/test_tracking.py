@@ -205,3 +205,45 @@ def test_the_study_counts_lag_and_id_switches():
     alone = [{"frame": r["frame"], "faces": r["faces"][:1]} for r in behind]
     row = score_clip(clip, alone).row(clip.fps)
     assert row["recall"] == 0.5 and row["lag_ms"] == pytest.approx(1000 / clip.fps / 2)
+
+
+def test_an_unsure_face_keeps_its_track_alive_but_does_not_move_it():
+    """A half-hidden face, read poorly, near a moving track: the track stays on its course (a phantom answer where
+    two people meet does not drag a track off its path)."""
+    tracker = Tracker()
+    for frame, x in enumerate((100, 110, 120)):
+        tracker.update(frame, *faces((x, 100)))
+    (track,) = tracker.tracks
+    tracker.update(3, *faces((95, 100)), sure=[False])  # read poorly, somewhere behind
+    assert track.last_frame == 3 and np.allclose(track.points.mean(0), [130, 100])
+    assert np.allclose(track.velocity, [10, 0])
+    assert tracker.update(4, *faces((140, 100))) == [track.id]
+
+
+def answered(x: float, y: float, quality: float = 0.9) -> dict:
+    box, points = face_at(x, y)
+    return {"box": dict(zip(("x", "y", "width", "height"), box.tolist(), strict=True)), "score": 0.99,
+            "keypoints": [{"name": n, "x": float(px), "y": float(py), "confidence": 0.9}
+                          for n, (px, py) in zip(KEYPOINT_NAMES, points, strict=True)], "quality": quality}
+
+
+def test_hints_carry_each_face_moved_on_at_its_velocity_and_look_anew_when_unsure():
+    import json
+
+    from facekp.video import faces_hint
+
+    tracker = Tracker()
+    ids = [tracker.update(k, *faces((100 + 10 * k, 100))) for k in range(3)][-1]
+    latest = (2, [answered(120, 100)], ids)
+    (hint,) = json.loads(faces_hint(5, latest, tracker))
+    assert np.allclose(np.mean(hint["keypoints"], axis=0), [150, 100]) and len(hint["keypoints"]) == 15
+    assert hint["box"][0] == pytest.approx(answered(120, 100)["box"]["x"] + 30, abs=0.05)
+    assert faces_hint(10, latest, tracker) is None, "every tenth frame is looked at anew"
+    assert faces_hint(5, (2, [answered(120, 100, quality=0.3)], ids), tracker) is None, "a face read poorly"
+    assert faces_hint(5, (2, [], []), tracker) is None, "no face to hint"
+    assert faces_hint(5, None, tracker) is None
+    two = Tracker()
+    both = [two.update(k, *faces((100 + k, 100), (130 + k, 100))) for k in range(2)][-1]
+    assert faces_hint(3, (1, [answered(101, 100), answered(131, 100)], both), two) is None, "their boxes overlap"
+    two.update(2, *faces((102, 100)))  # the second is not seen: a track is missing
+    assert faces_hint(3, (2, [answered(102, 100)], [both[0]]), two) is None
