@@ -14,14 +14,13 @@ class Config:
     data: str = ""  # npz or Kaggle CSV; empty = $FACEKP_DATA or ../shared/data/facial_keypoints/
     out: str = "model_store"
     teachers: str = ""  # "": train the recipe's teachers first; A.pt+B.pt: the student learns from their mean
-    quick: bool = False  # train/recipe.py's QUICK: tiny networks, 3 epochs, 1024 faces, no 68 points
+    recipe: str = "shipped"  # one of train/recipe.py's RECIPES; --quick: "quick" (tiny, 3 epochs, 1024 faces)
     all_people: bool = True  # train on every person (the shipped model); validation people are then seen
     fold: int = -1  # -1: the fixed 15 % validation people; k: validate on fold k of --folds (train/cv.py)
     folds: int = 5
     device: str = "auto"  # auto: CUDA when there is a GPU, else the CPU | cuda | cpu
     precision: str = "auto"  # auto: bfloat16 autocast on CUDA and where the CPU has AMX / AVX-512 BF16, else fp32
     threads: int = 0  # torch threads (0 = torch's default)
-    student_head: str = ""  # experiment: the student's head "F,K" (F fusing 3x3 convs, heatmaps' kernel K); "": recipe
     seed: int = 0  # added to every stage's seed (train/recipe.py): 0 is the shipped recipe, 1, 2, ... its seed spread
     batch_size: int = 64
     lr: float = 3e-3

@@ -7,6 +7,7 @@ recipe, to be measured with train/cv.py before it replaces these.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 NETWORK_BLOCKS = (1, 1, 2, 2)  # residual blocks per stage (48x48, 24x24, 12x12, 6x6)
@@ -60,6 +61,14 @@ TEACHER_VIEWS = Views(flip=True, shift=0)
 SHIPPED = Recipe("shipped", teachers=(TEACHER_LONG, TEACHER_SHORT), student=STUDENT, served=SERVED_VIEWS)
 
 _TINY = dict(widths=(8, 16, 32, 64), epochs=3, seed=0, lr_floor=0.25, blocks=(1, 1, 1, 1))
+HEAD11 = Recipe("head11", teachers=SHIPPED.teachers, student=dataclasses.replace(STUDENT, head=(1, 1)),
+                served=SERVED_VIEWS)
+"""Experiment: the shipped recipe with a lighter student head (one fusing 3x3 convolution, 1x1 heatmaps): 12 %
+less time a face in bf16 on one EPYC thread. Leaves with its verdict (docs/accuracy.md)."""
+
 QUICK = Recipe("quick", teachers=(Stage("quick", **_TINY),), student=Stage("student", **_TINY), served=SERVED_VIEWS,
                max_faces=1024)
 """A run of about a minute with every part of the shipped one: for tests and smoke runs, not for scores."""
+
+RECIPES = {recipe.name: recipe for recipe in (SHIPPED, HEAD11, QUICK)}
+"""The recipes train/run.py trains by name (--recipe NAME)."""

@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -44,9 +43,17 @@ from train.exported import (
     to_tensors,
     write_model,
 )
-from train.loop import Faces, build_net, device_name, train_network, training_device, training_precision
+from train.loop import (
+    Faces,
+    build_net,
+    device_name,
+    train_network,
+    training_device,
+    training_layout,
+    training_precision,
+)
 from train.model import ServingModel, count_parameters, shift_views
-from train.recipe import QUICK, SHIPPED, TEACHER_VIEWS, Recipe
+from train.recipe import RECIPES, TEACHER_VIEWS, Recipe
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -64,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         else:
             parser.add_argument(*flags, dest=f.name, type=type(f.default), default=None,
                                 help=f"default {f.default!r}")
+    parser.add_argument("--quick", dest="recipe", action="store_const", const="quick",
+                        help="--recipe quick: every part in about a minute, for tests and smoke runs")
     for f in dataclasses.fields(AugmentConfig):
         parser.add_argument(f"--aug-{f.name.replace('_', '-')}", dest=f"aug_{f.name}", type=float, default=None,
                             help=f"augmentation, default {f.default}")
@@ -72,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         if args["teachers"]:
             parser.error("--from-teachers names the committed teachers: give it or --teachers, not both")
         args["teachers"] = "+".join(os.path.relpath(path) for path in COMMITTED_TEACHERS)
-    cfg = Config(**(QUICK_SETTINGS if args.get("quick") else {}))
+    cfg = Config(**(QUICK_SETTINGS if args.get("recipe") == "quick" else {}))
     for key, value in args.items():
         if value is None:
             continue
@@ -91,8 +100,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
     for path in cfg.teachers.split("+") if cfg.teachers else []:
         if not Path(path).is_file():
             parser.error(f"--teachers {path}: no such file (a TorchScript model from train/run.py)")
-    if cfg.student_head and not re_head.fullmatch(cfg.student_head):
-        parser.error("--student-head is F,K: F 3x3 convolutions fusing the stages (0-9), heatmaps' kernel K (1 or 3)")
+    if cfg.recipe not in RECIPES:
+        parser.error(f"--recipe is one of {', '.join(RECIPES)} (train/recipe.py)")
     if cfg.view_reuse < 1 or cfg.val_every < 1:
         parser.error("--view-reuse and --val-every are numbers of epochs, at least 1")
     if not 0 <= cfg.distill <= 1:
@@ -104,9 +113,6 @@ def parse_args(argv: list[str] | None = None) -> Config:
     except ValueError as err:
         parser.error(str(err))
     return cfg
-
-
-re_head = re.compile(r"\d,[13]")
 
 
 def split_rule(cfg: Config) -> str:
@@ -167,10 +173,7 @@ def train(cfg: Config) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     start = time.time()
-    recipe = reseeded(QUICK if cfg.quick else SHIPPED, cfg.seed)
-    if cfg.student_head:
-        recipe = dataclasses.replace(recipe, student=dataclasses.replace(
-            recipe.student, head=tuple(int(n) for n in cfg.student_head.split(","))))
+    recipe = reseeded(RECIPES[cfg.recipe], cfg.seed)
     device = training_device(cfg.device)
     precision = training_precision(cfg.precision, device)
     faces, val_faces, described = load_faces(cfg, recipe)
@@ -203,7 +206,7 @@ def train(cfg: Config) -> dict:
         print(f"saved {path}: validation score {card['validation']['score']:.1f}, {minutes:.1f} min", flush=True)
 
     spec = "+".join(str(path) for path in teacher_files)
-    teacher = load_teacher(spec).to(device, memory_format=torch.channels_last)  # its inputs are channels-last
+    teacher = load_teacher(spec).to(device, memory_format=training_layout(precision, device))  # as its inputs
     teacher_pred = denormalize(predict(teacher, faces.x_val))
     teacher_card = {"source": spec, "validation_score": metrics.score(teacher_pred, faces.val_keypoints),
                     "validation_rmse_px": metrics.rmse_px(teacher_pred, faces.val_keypoints)}
