@@ -10,6 +10,7 @@ answers carry a confidence, how well it ranks each point's error is reported too
     python -m facekp.evaluate --split fold-0 --points 68
     python -m facekp.evaluate --model faces --split fold-0 --points 68    # whole frames and scenes
     python -m facekp.evaluate --model faces --split fold-0 --roll 45      # the same turned 45 degrees clockwise
+    python -m facekp.evaluate --model faces --split fold-0 --hard mask    # the lower faces covered
     python -m facekp.evaluate --model dlib --split fold-0 --points 68     # dlib on the same, for comparison
 """
 
@@ -32,6 +33,7 @@ from PIL import Image
 from facekp import data as facedata
 from facekp import metrics
 from facekp.contract import IBUG68_NAMES, IMAGE_SIZE, KEYPOINT_NAMES, rescale_pixels
+from facekp.photos import HARD_CASES
 from facekp.replies import RETRY_STATUSES, backoff_s, parse_reply
 
 
@@ -179,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenes", type=int, default=50, help="--model faces: multi-face scenes to build and send")
     parser.add_argument("--points", type=int, choices=(15, 68), default=15,
                         help="score the 15 named keypoints or the 68 iBUG points (NME)")
+    parser.add_argument("--hard", choices=HARD_CASES, default=None,
+                        help="--model faces/dlib: every frame and scene made hard first: blurred, dark, JPEG "
+                             "quality 8, the lower face covered, or 0.35x the size (facekp.photos.hardened)")
     parser.add_argument("--roll", type=float, default=0.0,
                         help="--model faces/dlib: turn every frame and scene this many degrees clockwise first (a head "
                              "rolled that way), on a canvas grown to hold it, its labels turned alongside")
@@ -194,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 target = f"{url}, {concurrency} concurrent"
                 scorer = functools.partial(photos.score_over_http, url, concurrency=concurrency)
             return photos.evaluate_main(target, scorer, args.data, args.split, args.scenes, points=args.points,
-                                        roll=args.roll)
+                                        roll=args.roll, hard=args.hard)
         except (facedata.DataError, dlib_baseline.DlibMissing) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from facekp import data as facedata
 from facekp import metrics
@@ -105,6 +105,46 @@ def rotated_for_sending(scene: Scene, degrees: float) -> Scene:
     turned = rotate_scene(scene, degrees)
     turned.path_bytes = jpeg_bytes(turned.image, 95)
     return turned
+
+
+def hardened(scene: Scene, case: str, seed: int = 0) -> Scene:
+    """The scene as a hard photo of HARD_CASES shows it, its labels where the face now is; encoded as it is sent
+    (JPEG q95, or q8 for "jpeg8")."""
+    from PIL import ImageFilter
+
+    rng = np.random.default_rng(seed)
+    image, faces, regions = scene.image, scene.faces, scene.regions
+    if case == "blur":
+        image = image.filter(ImageFilter.GaussianBlur(2.5))
+    elif case == "dark":  # an underexposed, noisy shot
+        light = (np.asarray(image, np.float64) / 255) ** 2.2 * 0.35
+        dark = light * 255 + rng.normal(0, 3, (image.height, image.width, 3))
+        image = Image.fromarray(dark.clip(0, 255).astype(np.uint8))
+    elif case == "mask":  # the lower face covered, as by a medical mask: from the nose tip down
+        image = image.copy()
+        pen = ImageDraw.Draw(image)
+        for points in faces:
+            nose, eyes = points[KEYPOINT_NAMES.index("nose_tip")], eye_distance(points)
+            mouth = points[[KEYPOINT_NAMES.index(n) for n in ("mouth_left_corner", "mouth_right_corner")]]
+            centre = mouth.mean(0)
+            pen.rectangle([centre[0] - 0.75 * eyes, nose[1] - 0.05 * eyes, centre[0] + 0.75 * eyes,
+                           centre[1] + 0.75 * eyes], fill=(190, 205, 215))
+    elif case == "small":
+        scale = 0.35
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.Resampling.LANCZOS)
+        faces = [rescale_pixels(points, scale) for points in faces]
+        regions = [tuple(v * scale for v in region) for region in regions]
+    elif case != "jpeg8":
+        raise ValueError(f"no such hard case {case!r}: one of {', '.join(HARD_CASES)}")
+    hard = Scene(image, faces, regions, f"{scene.name}/{case}")
+    hard.path_bytes = jpeg_bytes(image, 8 if case == "jpeg8" else 95)
+    return hard
+
+
+HARD_CASES = ("blur", "dark", "jpeg8", "mask", "small")
+"""Photos as they come hard: Gaussian blur of radius 2.5; dark (gamma 2.2 of the light, x 0.35, noise); JPEG
+quality 8; the lower face covered; the photo at 0.35 of its size."""
 
 
 def eye_distance(points: np.ndarray) -> float:
@@ -264,14 +304,17 @@ def score_over_http(url: str, scenes: list[Scene], concurrency: int = 1, timeout
 
 
 def evaluate_main(target: str, scorer: Scorer, data: str | None, split: str, scenes: int, seed: int = 0,
-                  points: int = 15, roll: float = 0.0) -> int:
+                  points: int = 15, roll: float = 0.0, hard: str | None = None) -> int:
     """`python -m facekp.evaluate --model faces` (or dlib): whole frames, then multi-face scenes, on the 15 named
     keypoints or the 68 iBUG points, answered by scorer; target names it in the progress lines. With roll, every
-    image is first turned that many degrees clockwise (rotate_scene) and sent as JPEG q95."""
+    image is first turned that many degrees clockwise (rotate_scene) and sent as JPEG q95; with hard, made one of
+    HARD_CASES (hardened) first."""
     frames = load_frames(data, split)
     tests = {"frames": [frame_scene(f, points) for f in frames], "scenes": build_scenes(frames, scenes, seed, points)}
     for scene, frame in zip(tests["frames"], frames, strict=True):
         scene.path_bytes = frame.path.read_bytes()  # the frame's own JPEG file, as a user would send it
+    if hard:
+        tests = {name: [hardened(scene, hard, k) for k, scene in enumerate(items)] for name, items in tests.items()}
     if roll % 360:
         tests = {name: [rotated_for_sending(scene, roll) for scene in items] for name, items in tests.items()}
     failed = 0
@@ -285,7 +328,7 @@ def evaluate_main(target: str, scorer: Scorer, data: str | None, split: str, sce
         failed += len(errors)
         for line in errors[:5]:
             print(f"  failed: {line}", file=sys.stderr)
-        turned = f" turned {roll:g} degrees" if roll % 360 else ""
+        turned = (f" turned {roll:g} degrees" if roll % 360 else "") + (f", {hard}" if hard else "")
         print(f"{name}{turned}, {points} points: {summary['faces']} labelled faces in {summary['images']} images: "
               f"recall {summary['recall']:.3f}"
               f" (eyes >= 20 px apart: {summary['recall_eyes_20px_up']:.3f}), NME {summary['nme_pct']:.2f} %, "
