@@ -70,7 +70,16 @@ def test_base_image_is_pinned_by_tag_and_digest_and_overridable():
 
 
 def test_torchserve_is_the_default_target():
-    assert list(stages()) == ["base", "kserve", "torchserve"], "docker build . builds the last stage"
+    assert list(stages()) == ["base", "kserve", "frontend", "torchserve"], "docker build . builds the last stage"
+
+
+def test_the_frontend_fix_is_compiled_into_the_folder_torchserve_starts_in():
+    """handler/frontend/'s class, compiled by a JDK in a stage of its own, lands in the torchserve stage's WORKDIR,
+    which TorchServe's launcher puts first on the frontend's class path (facekp/frontend.py)."""
+    steps = stages()["torchserve"]
+    (workdir,) = [a for kind, a in steps if kind == "WORKDIR"]
+    assert ("COPY", f"--from=frontend /opt/facekp/frontend/org {workdir}/org") in steps
+    assert ("RUN", "PYTHONPATH=/tmp/build python -m facekp.frontend /opt/facekp/frontend") in stages()["frontend"]
 
 
 def test_runs_as_non_root_exposes_the_ports_and_checks_health():
