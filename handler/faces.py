@@ -38,7 +38,7 @@ from handler.processing import (
 )
 from handler.roll import find_faces, first_square, look_again, roll_degrees
 from handler.settings import HandlerSettings
-from handler.square import Square, fit_square
+from handler.square import Square, face_square, fit_square
 
 MAX_FACES = 50
 """Faces answered per image (the largest); handler setting max_faces."""
@@ -150,9 +150,9 @@ def unsure(out: np.ndarray) -> bool:
 
 
 def refit(square: Square, out: np.ndarray) -> Square:
-    """The square that frames the face of a model answer read in `square`, turned with it; `square` itself where
+    """The square that frames the face of a model answer read in `square` (face_square); `square` itself where
     the answer is no face (its points collapsed or spread far beyond it)."""
-    again = fit_square(square.to_image(out[:NUM_KEYPOINTS, :2]), MEAN_LAYOUT, turn=True)
+    again = face_square(square.to_image(out[:NUM_KEYPOINTS, :2]), MEAN_LAYOUT)
     return again if square.side / 4 < again.side < square.side * 4 else square
 
 
@@ -267,7 +267,8 @@ def photo_reply(photo: Photo, model_name: str) -> Reply:
     # the detector's boxes are in continuous coordinates (edges), the keypoints in pixel-centre ones
     found = [Detection(tuple(v * scale for v in d.box), d.score, d.landmarks * scale) for d in photo.found]
     points = [rescale(sq.to_image(a.normalized), scale) for (sq, _), a in zip(photo.read, answers, strict=True)]
-    rolls = [roll_degrees(refit(sq, out)) for sq, out in photo.read]  # the turn of the 15 answered
+    rolls = [roll_degrees(fit_square(sq.to_image(out[:NUM_KEYPOINTS, :2]), MEAN_LAYOUT, turn=True))
+             for sq, out in photo.read]  # the turn of the 15 answered
     height, width = photo.rgb.shape[:2]
     plain = faces_json(found, points, round(width * scale), round(height * scale), answers, rolls)
     return reply_for(photo.slot, photo.incoming, plain, model_name)
@@ -301,7 +302,7 @@ def hinted_faces(hint: str, scale: float, max_faces: int = MAX_FACES) -> tuple[l
                     np.isfinite(box).all() and np.isfinite(points).all() and np.isfinite(score)):
                 raise ValueError("each face a box of 4 numbers and 15 keypoints [x, y], all finite")
             detections.append(Detection(tuple(float(v) for v in box), score, points[list(HINT_LANDMARKS)]))
-            squares.append(fit_square(points, MEAN_LAYOUT, turn=True))
+            squares.append(face_square(points, MEAN_LAYOUT))
     except (ValueError, TypeError, KeyError, AttributeError) as err:
         raise RequestError(400, f"Faces-Hint is not a list of faces (JSON: [{{\"box\": [x, y, width, height], "
                                 f"\"keypoints\": [[x, y], ... 15], \"score\": s}}]): {err}") from None

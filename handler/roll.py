@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from handler.face_detector import Detection, FaceDetector, nms
-from handler.square import Square, fit_square, turn_image, turned_points
+from handler.square import Square, face_square, turn_image, turned_points
 
 DETECTOR_LAYOUT = np.array([[31.07, 37.99], [63.30, 37.31], [47.17, 56.34], [34.46, 73.30], [60.72, 72.75]])
 """Mean position, in a training-framed 96x96 crop, of the detector's 5 landmarks (image-left eye,
@@ -35,7 +35,7 @@ SURROUNDINGS_PX = 160
 
 def first_square(detection: Detection) -> Square:
     """The square, turned with the face, that frames a detection like the training crops."""
-    return fit_square(detection.landmarks, DETECTOR_LAYOUT, turn=True)
+    return face_square(detection.landmarks, DETECTOR_LAYOUT)
 
 
 def find_faces(detector: FaceDetector, rgb: np.ndarray) -> list[Detection]:
