@@ -153,7 +153,7 @@ def _dockerignored(path: str) -> bool:
                                   "handler/keypoint_handler.py", "handler/processing.py", "handler/kserve_protocol.py",
                                   "handler/kserve_server.py", "requirements-kserve.txt", "model_store/keypoints.pt",
                                   "config/model-config.yaml", "config/config.container.properties",
-                                  "config/healthcheck.py"])
+                                  "config/healthcheck.py", "handler/frontend/HttpRequestHandler.java"])
 def test_build_context_holds_what_the_image_needs(path):
     assert (REPO / path).is_file(), path
     assert not _dockerignored(path), path
