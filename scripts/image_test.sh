@@ -4,7 +4,8 @@
 # No Docker engine and no image registry here, so the build uses a Debian bookworm stand-in base
 # (debootstrap, cached in podman's storage) and the CPU torch wheel that lies on these machines
 # (no CUDA download). The test then runs the container, waits until the image's own HEALTHCHECK
-# says every worker is READY, sends a real face with curl -T and checks the 15 keypoints, checks
+# says every worker is READY, sends a real face with curl -T and checks the 15 keypoints (and a photo with
+# curl --data-binary and ?points=68, which only the frontend fix of handler/frontend/ answers), checks
 # that the server runs as a non-root user, that the metrics port answers and that SIGTERM stops the
 # container cleanly, and removes it.
 #
@@ -200,6 +201,19 @@ assert reply["image"] == {"width": 512, "height": 512}, reply["image"]
 print(f"    1 face at {face['box']}, score {face['score']}")
 EOF
 ok "curl -T $PHOTO to /predictions/faces answers one face with 15 keypoints"
+
+# --- the frontend fix: curl --data-binary's form content type, and ?points=68 -------------------------
+reply=$(curl -sS --fail-with-body --max-time 60 --data-binary "@$PHOTO" \
+    "http://127.0.0.1:$PORT/predictions/faces?points=68") ||
+    { echo "$reply"; container_logs; fail "curl --data-binary @$PHOTO to /predictions/faces?points=68 failed"; }
+python3 - "$reply" <<'EOF' || { container_logs; fail "the --data-binary reply is not one face with 68 points"; }
+import json
+import sys
+
+(face,) = json.loads(sys.argv[1])["faces"]
+assert len(face["keypoints"]) == 68, len(face["keypoints"])
+EOF
+ok "curl --data-binary @$PHOTO to /predictions/faces?points=68 answers one face with 68 points"
 
 # --- non-root ------------------------------------------------------------------------------------
 procs=$(podman top "$NAME" user pid args)
