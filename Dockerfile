@@ -43,11 +43,11 @@ RUN if ! command -v java >/dev/null; then \
     && useradd --no-log-init --uid 10001 --gid 10001 --create-home --home-dir /home/model-server \
         --shell /usr/sbin/nologin model-server
 
-# The project's pins, less the clients (locust; the video client's av, scipy, tqdm), in a venv: one layer
-# that only changes with requirements.txt.
+# The project's pins, less the clients (locust; the video client's av, scipy, tqdm) and training's onnx, in a
+# venv: one layer that only changes with requirements.txt.
 COPY requirements.txt requirements-nodeps.txt /tmp/
 RUN python3 -m venv /opt/venv \
-    && grep -v -E '^(locust|av|scipy|tqdm)([^A-Za-z0-9_.-]|$)' /tmp/requirements.txt > /tmp/requirements.serve.txt \
+    && grep -v -E '^(locust|av|scipy|tqdm|onnx)([^A-Za-z0-9_.-]|$)' /tmp/requirements.txt > /tmp/requirements.serve.txt \
     && /opt/venv/bin/pip install --no-cache-dir ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
         -r /tmp/requirements.serve.txt \
     && /opt/venv/bin/pip install --no-cache-dir --no-deps -r /tmp/requirements-nodeps.txt \
@@ -60,7 +60,8 @@ ENV PATH=/opt/venv/bin:$PATH
 COPY facekp/ /tmp/build/facekp/
 COPY handler/ /tmp/build/handler/
 COPY config/model-config.yaml config/faces-config.yaml /tmp/build/config/
-COPY model_store/keypoints.pt /tmp/build/model_store/keypoints.pt
+COPY model_store/keypoints.pt model_store/keypoints.views1.int8.onnx model_store/keypoints.views2.int8.onnx \
+    /tmp/build/model_store/
 RUN PYTHONPATH=/tmp/build python -m facekp.torchserve archive \
     && install -d -m 0755 /opt/facekp/model-store /opt/facekp/config \
     && install -m 0644 /tmp/build/model_store/keypoints.mar /tmp/build/model_store/faces.mar /opt/facekp/model-store/ \
@@ -82,7 +83,8 @@ RUN /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements-kserve.txt \
 COPY facekp/ /opt/facekp/app/facekp/
 COPY handler/ /opt/facekp/app/handler/
 COPY config/model-config.yaml /opt/facekp/app/config/model-config.yaml
-COPY model_store/keypoints.pt /opt/facekp/app/model_store/keypoints.pt
+COPY model_store/keypoints.pt model_store/keypoints.views1.int8.onnx model_store/keypoints.views2.int8.onnx \
+    /opt/facekp/app/model_store/
 USER 10001:10001
 WORKDIR /opt/facekp/app
 # 8080 REST (v2 and v1), 8081 gRPC v2: KServe's custom predictor ports (k8s/kserve-predictor, -grpc).

@@ -66,7 +66,8 @@ def handler_modules(handler: Path, root: Path = REPO_ROOT) -> list[Path]:
 
 def build_archive(model_file: Path = MODEL_FILE, export_dir: Path = MODEL_STORE,
                   model_config: Path | None = None, spec: ModelSpec = KEYPOINTS) -> Path:
-    """Package the TorchScript model, the spec's handler and the modules it imports into <name>.mar."""
+    """Package the TorchScript model, the spec's handler and the modules it imports into <name>.mar, with the
+    model's int8 ONNX files (handler.inference.int8_file) where they lie beside it."""
     model_config = model_config or spec.config
     if not model_file.is_file():
         raise ArchiveError(f"model file {model_file} is missing: train one with `python train/run.py` "
@@ -80,6 +81,8 @@ def build_archive(model_file: Path = MODEL_FILE, export_dir: Path = MODEL_STORE,
         for module in handler_modules(handler):
             (Path(staging) / module).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO_ROOT / module, Path(staging) / module)
+        for int8 in model_file.parent.glob(f"{model_file.stem}.views*.int8.onnx"):  # runtime onnx-int8's files
+            shutil.copy2(int8, Path(staging) / int8.name)
         cmd = [str(BIN / "torch-model-archiver"), "--model-name", spec.name, "--version", "1.0",
                "--serialized-file", str(model_file), "--handler", str(handler),
                "--extra-files", staging, "--config-file", str(model_config),

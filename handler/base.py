@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from http import HTTPStatus
+from pathlib import Path
 
 import torch
 from ts.torch_handler.base_handler import BaseHandler
@@ -34,7 +35,8 @@ class ModelHandler(BaseHandler):
             torch.set_num_threads(self.settings.torch_threads)
         self.model_name = context.manifest["model"]["modelName"]
         self.keypoints = prepare_model(self.model, self.device, self.settings.precision, self.settings.freeze,
-                                       self.settings.views_on(self.device))
+                                       self.settings.views_on(self.device), Path(self.model_pt_path),
+                                       self.settings.runtime)
         logger.info("%s: keypoint model %s, %d torch thread(s)", self.model_name, self.keypoints.describe(),
                     torch.get_num_threads())
         pass_torchserve_envelopes_through()

@@ -12,6 +12,7 @@ path once at start; the servers log it.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,10 @@ import torch
 
 from facekp.contract import NUM_KEYPOINTS, VIEW_SETTINGS, view_method
 
+logger = logging.getLogger(__name__)
+
 PRECISIONS = ("auto", "fp32", "bf16")
+RUNTIMES = ("torchscript", "onnx-int8")
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
@@ -144,6 +148,7 @@ class ServedModel:
     glance: Callable[[np.ndarray], np.ndarray] | None = None
     """The same as answer from the face as it is alone (one view), where views is more: for the photo path's
     framing passes, whose points only place the square of the pass that answers."""
+    runtime: str = "torchscript"
 
     @property
     def every_point(self) -> Callable[[np.ndarray], np.ndarray]:
@@ -157,16 +162,64 @@ class ServedModel:
 
     def describe(self) -> str:
         views = "the file's own views" if self.views is None else f"{self.views} view{'s' * (self.views > 1)}"
+        if self.runtime != "torchscript":
+            return f"{views}, {self.runtime} on ONNX Runtime's CPU"
         return (f"{views}, {self.precision}{', frozen' if self.frozen else ''}"
                 f"{', channels-last' if channels_last_on(self.device) else ''} on {self.device}")
 
 
+def int8_file(model_file: Path, views: int) -> Path:
+    """Where a model file's view setting lies as int8 ONNX (train/quantized.py writes it): beside the file."""
+    return model_file.with_name(f"{model_file.stem}.views{views}.int8.onnx")
+
+
+def onnx_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    """batch -> the ONNX file's answer, on ONNX Runtime's CPU with this many threads, which do not spin between
+    runs (a spinning thread holds a core the other workers want: handler/face_detector.py)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda batch: session.run(None, {"x": np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+
+def int8_missing(model_file: Path, views: int) -> list[Path]:
+    """The int8 files runtime onnx-int8 needs for this view setting (and one view, the glance) that are not there."""
+    needed = [int8_file(model_file, n) for n in sorted({views, min(VIEW_SETTINGS)})]
+    return [path for path in needed if not path.is_file()]
+
+
+def int8_model(model_file: Path, device: torch.device, views: int) -> ServedModel:
+    """The file's view setting (and its one view, for the glance) on ONNX Runtime in int8, with torch's threads."""
+    answer = onnx_runner(int8_file(model_file, views), torch.get_num_threads())
+    glance = onnx_runner(int8_file(model_file, 1), torch.get_num_threads()) if views != 1 else None
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return answer(batch)[:, :NUM_KEYPOINTS, :2]
+
+    return ServedModel(run, device, "int8", False, views, answer, glance, runtime="onnx-int8")
+
+
 def prepare_model(model: torch.nn.Module, device: torch.device, precision: str = "auto",
-                  freeze: bool = True, views: int | None = None) -> ServedModel:
+                  freeze: bool = True, views: int | None = None, model_file: Path | None = None,
+                  runtime: str = "torchscript") -> ServedModel:
     """A loaded TorchScript model ready to serve: the precision the setting (auto / fp32 / bf16) picks on this
     device (choose_precision), frozen unless freeze is False (benchmarks of the file's graph as is), answering
-    with `views` views (None: the file's forward()). TorchServe's handlers call it on the model BaseHandler
-    loaded for their worker's device."""
+    with `views` views (None: the file's forward()). With runtime onnx-int8 on a CPU, the int8 ONNX files beside
+    model_file answer instead (int8_model). TorchServe's handlers call it on the model BaseHandler loaded for
+    their worker's device."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if runtime == "onnx-int8" and device.type == "cpu":
+        if model_file is None or views is None:
+            raise ValueError("runtime onnx-int8 serves a view setting of a model file: give both")
+        missing = int8_missing(model_file, views)
+        if not missing:
+            return int8_model(model_file, device, views)
+        logger.warning("runtime onnx-int8: %s not found beside the model (python train/quantized.py %s writes "
+                       "them); serving the TorchScript file instead", ", ".join(p.name for p in missing), model_file)
     chosen = choose_precision(precision, device)
     method = view_answer(model, views)
     if method is None:
@@ -183,8 +236,8 @@ def prepare_model(model: torch.nn.Module, device: torch.device, precision: str =
 
 
 def load_model(model_file: Path, device: torch.device | None = None, precision: str = "auto",
-               freeze: bool = True, views: int | None = None) -> ServedModel:
+               freeze: bool = True, views: int | None = None, runtime: str = "torchscript") -> ServedModel:
     """The TorchScript file ready to serve (prepare_model) on `device`; None: the GPU where there is one."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = torch.jit.load(str(model_file), map_location=device).eval()
-    return prepare_model(model, device, precision, freeze, views)
+    return prepare_model(model, device, precision, freeze, views, Path(model_file), runtime)

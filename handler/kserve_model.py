@@ -52,7 +52,7 @@ def make_model(name: str, model_file: Path, settings: HandlerSettings, batch_siz
         def load(self) -> bool:
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
             self.keypoints = load_model(model_file, device, settings.precision, settings.freeze,
-                                        settings.views_on(device))
+                                        settings.views_on(device), settings.runtime)
             logger.info("%s: keypoint model %s, %d torch thread(s), batches of up to %d",
                         name, self.keypoints.describe(), torch.get_num_threads(), batch_size)
             self.batcher = MicroBatcher(self.answer_batch, batch_size, max_batch_delay_ms / 1000)

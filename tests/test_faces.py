@@ -340,3 +340,11 @@ def test_a_faces_hint_reads_the_faces_where_it_says_and_a_wrong_one_is_looked_at
     bad = requests.put(f"{service.inference_url}/predictions/faces", data=body,
                        headers={"Faces-Hint": '[{"box": [1, 2]}]'}, timeout=TIMEOUT)
     assert bad.status_code == 400 and "Faces-Hint is not a list of faces" in bad.json()["error"]
+
+
+def test_a_cpu_worker_serves_the_int8_twins_of_the_shipped_file(service):
+    """config/*.yaml's runtime onnx-int8: both models' workers answer with model_store's int8 ONNX files, which
+    the archives carry beside keypoints.pt (the answers are checked in tests/test_inference.py)."""
+    log = (service.log_dir / "model_log.log").read_text(errors="replace")
+    for model in ("keypoints", "faces"):
+        assert f"{model}: keypoint model 2 views, onnx-int8 on ONNX Runtime's CPU" in log, model

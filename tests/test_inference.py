@@ -132,3 +132,33 @@ def test_a_view_setting_the_file_lacks_is_refused_and_an_older_file_answers_with
     assert served.views is None and served.describe().startswith("the file's own views")
     x = np.random.default_rng(3).random((2, 1, 96, 96), dtype=np.float32)
     assert np.abs(served.run(x) - load_model(MODEL_FILE, CPU, "fp32").run(x)).max() * 48 < 0.01
+
+
+def test_the_committed_int8_files_answer_what_the_committed_file_answers(validation_faces):
+    """model_store's int8 ONNX twins (train/quantized.py) belong to model_store/keypoints.pt: on real faces their
+    points lie 0.1 px from the file's float32 answers on average, their confidences 0.01 (a retrained file whose
+    twins were not written again fails here)."""
+    from facekp.contract import denormalize
+    from train.exported import to_tensors
+
+    images = to_tensors(validation_faces.subset(np.arange(128)))[0].numpy()
+    for views in (1, 2):
+        exact = load_model(MODEL_FILE, CPU, "fp32", views=views).answer(images)
+        int8 = load_model(MODEL_FILE, CPU, views=views, runtime="onnx-int8")
+        assert int8.runtime == "onnx-int8" and "onnx-int8" in int8.describe()
+        answered = int8.answer(images)
+        distance = np.linalg.norm(denormalize(answered[..., :2]) - denormalize(exact[..., :2]), axis=-1)
+        assert distance.mean() < 0.1 and distance.max() < 2.0, (views, distance.mean(), distance.max())
+        assert np.abs(answered[..., 2] - exact[..., 2]).mean() < 0.01
+        assert (int8.glance is None) == (views == 1)
+
+
+def test_int8_without_its_files_serves_the_torchscript_file_and_says_so(tmp_path, caplog):
+    import shutil
+
+    shutil.copy(MODEL_FILE, tmp_path / "keypoints.pt")
+    with caplog.at_level("WARNING"):
+        served = load_model(tmp_path / "keypoints.pt", CPU, views=2, runtime="onnx-int8")
+    assert served.runtime == "torchscript" and "python train/quantized.py" in caplog.text
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        load_model(MODEL_FILE, CPU, views=2, runtime="tensorrt")

@@ -622,3 +622,22 @@ def test_the_confidence_is_fitted_on_a_folds_held_out_people_and_put_into_the_fi
         confidence = model.views_2(x)[..., 2]
     assert torch.all((confidence > 0) & (confidence < 1)) and confidence.std() > 0
     assert json.loads((target / "model_card.json").read_text())["confidence"]["calibration"] == str(calibration)
+
+
+def test_int8_twins_of_a_trained_file_answer_as_it_does(tmp_path, needs_data):
+    """train/quantized.py writes a file's one- and two-view settings as int8 ONNX beside it, calibrated on faces
+    it trained on, and the handler serves them (runtime onnx-int8) with the file's answers."""
+    from handler.inference import int8_file, load_model
+    from train import quantized
+    from train.run import train
+
+    train(parse_args(["--quick", "--out", str(tmp_path)]))
+    model_file = tmp_path / "keypoints.pt"
+    assert not int8_file(model_file, 2).exists(), "a quick run writes no int8 twins"
+    written = quantized.write_int8_files(model_file, quantized.calibration_faces(model_file))
+    assert written == [int8_file(model_file, 1), int8_file(model_file, 2)]
+    faces = torch.rand(16, 1, 96, 96).numpy()
+    exact = load_model(model_file, torch.device("cpu"), "fp32", views=2).answer(faces)
+    int8 = load_model(model_file, torch.device("cpu"), views=2, runtime="onnx-int8")
+    assert int8.runtime == "onnx-int8"
+    assert np.abs(int8.answer(faces)[..., :2] - exact[..., :2]).mean() * 48 < 0.5  # pixels of the 96x96 frame

@@ -28,7 +28,7 @@ import torch
 from facekp import data as facedata
 from facekp import metrics
 from facekp.contract import denormalize
-from train import calibrate
+from train import calibrate, quantized
 from train.augment import AugmentConfig
 from train.config import QUICK_SETTINGS, Config
 from train.exported import (
@@ -222,6 +222,8 @@ def train(cfg: Config) -> dict:
     card = write_model(exported, recipe.student, recipe.served, out / MODEL_FILE, out / CARD_FILE, val_faces,
                        cfg.all_people, {**common, "teacher": teacher_card, "stages": stages, "confidence": confidence,
                         "training_minutes": round((time.time() - start) / 60, 2), "history": history})
+    if cfg.recipe != "quick":  # the files of the CPU's runtime, onnx-int8, calibrated on faces it trained on
+        quantized.write_int8_files(out / MODEL_FILE, quantized.sample(faces.x_train.numpy()))
     print(f"saved {out / MODEL_FILE} ({card['size_bytes'] / 1e6:.1f} MB, {card['network_passes_per_face']} network "
           f"passes per face) and {out / CARD_FILE}: validation score {card['validation']['score']:.1f} (teacher "
           f"{teacher_card['validation_score']:.1f}), rmse {card['validation']['rmse_px']:.3f} px, "
