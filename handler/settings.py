@@ -33,9 +33,10 @@ class HandlerSettings:
     views_gpu: int = 6
     """The same on a GPU, where more views cost little. (The confidences are calibrated at two views: six
     views' wider spreads make them somewhat lower, train/calibrate.py.)"""
-    runtime: str = "torchscript"
-    """On a CPU: torchscript (the file, frozen, in `precision`) or onnx-int8 (ONNX Runtime on the file's views as
-    int8 ONNX beside it, written by train/quantized.py: docs/performance.md). A GPU runs the TorchScript file."""
+    runtime: str = "onnx-int8"
+    """On a CPU: onnx-int8 (ONNX Runtime on the file's views as int8 ONNX beside it, written by train/quantized.py;
+    the TorchScript file, with a warning, where they are missing) or torchscript (the file, frozen, in
+    `precision`): docs/performance.md. A GPU runs the TorchScript file."""
 
     def views_on(self, device: torch.device) -> int:
         return self.views_gpu if device.type == "cuda" else self.views_cpu
