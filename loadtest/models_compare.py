@@ -33,7 +33,7 @@ from facekp.archive import MODEL_FILE
 from facekp.contract import denormalize
 from facekp.data import REPO_ROOT
 from facekp.machine import machine
-from handler.inference import choose_precision, model_runner, view_answer
+from handler.inference import choose_precision, int8_missing, int8_model, model_runner, view_answer
 from handler.processing import decode_image, to_model_input
 from loadtest import report
 from loadtest.cpu import log, wait_for_quiet
@@ -58,6 +58,7 @@ class Variant:
     freeze: bool = True  # False: as handlers ran models before they froze them (commit 9a2cdaa and earlier)
     serving: Config = SHIPPED_SERVING  # the batching it is served with
     views: int | None = None  # the view setting it is served with (None: the file's forward())
+    runtime: str = "torchscript"  # on a CPU: or onnx-int8, the file's int8 ONNX twins
 
 
 def passes_per_face(card: dict) -> int | str:
@@ -186,17 +187,25 @@ def main(argv: list[str] | None = None) -> int:
         else:
             (old, old_card), label = baseline_model(args.baseline, Path(tmp)), args.baseline
         shipped_card = card_beside(MODEL_FILE)
+        int8 = [n for n in views if not int8_missing(MODEL_FILE, n)]  # the twins train/quantized.py wrote
+        shipped_runtime = SHIPPED_SERVING.runtime if default_views in int8 else "torchscript"
         variants = [Variant(f"{label} as served then", old, "fp32", old_card, freeze=False, serving=BASELINE_SERVING),
                     Variant(f"{label}, today's handler", old, "fp32", old_card),
                     Variant(f"{label}, today's handler", old, "auto", old_card),
                     Variant(f"shipped, {default_views} views", MODEL_FILE, "fp32", shipped_card, views=default_views),
                     *(Variant(f"shipped, {n} view{'s' * (n > 1)}", MODEL_FILE, "auto", shipped_card, views=n)
-                      for n in views)]
+                      for n in views if not (n == default_views and shipped_runtime == "torchscript")),
+                    *(Variant(f"shipped, {n} view{'s' * (n > 1)}", MODEL_FILE, "auto", shipped_card, views=n,
+                              runtime="onnx-int8") for n in int8 if n != default_views),
+                    Variant(f"shipped, {default_views} views", MODEL_FILE, "auto", shipped_card, views=default_views,
+                            runtime=shipped_runtime)]  # the default, last
         for k, v in enumerate(variants, 1):
             model = torch.jit.load(str(v.model_file), map_location="cpu").eval()
             precision = choose_precision(v.precision, torch.device("cpu"))
             method = view_answer(model, v.views)
             run = model_runner(model, torch.device("cpu"), precision, v.freeze, method=method)
+            if v.runtime == "onnx-int8":
+                precision, run = "int8 (ONNX Runtime)", int8_model(v.model_file, torch.device("cpu"), v.views).run
             row = {"variant": v.name, "serving": v.serving.name, "gflop": round(gflop_per_face(model, method), 3),
                    "precision": precision + ("" if v.freeze else ", not frozen")}
             row["passes"] = v.views if method else passes_per_face(v.card)
@@ -210,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                 row["score"] = f"{score:.1f} (trained on these people)"
             log(f"[{k}/{len(variants)}] {v.name} ({precision}): {row['gflop']} GFLOP/face, in-process "
                 f"{row['inproc_bs1']} faces/s at bs1, {row['inproc_bs32']} at bs32; score {row['score']}")
-            serving = replace(v.serving, precision=v.precision, freeze=v.freeze, views=v.views)
+            serving = replace(v.serving, precision=v.precision, freeze=v.freeze, views=v.views, runtime=v.runtime)
             service = start_service(serving, Path(tmp), v.model_file, f"variant{k}")
             try:
                 run_load(f"{service.inference_url}/predictions/keypoints", uploads, 16, 3.0, 1.0)  # JIT warm-up

@@ -30,12 +30,13 @@ class Config:
     precision: str = "auto"  # the handler's: bf16 where the CPU has it (handler/inference.py), else fp32
     freeze: bool = True  # the handler freezes the model at load; False serves the file's graph as is
     views: int | None = None  # the handler's views_cpu (1, 2 or 6); None: its default
+    runtime: str = "torchscript"  # the handler's runtime on a CPU: torchscript or onnx-int8
 
     def model_config(self) -> str:
         return (f"minWorkers: {self.workers}\nmaxWorkers: {self.workers}\nbatchSize: {self.batch_size}\n"
                 f"maxBatchDelay: {self.max_batch_delay_ms}\nresponseTimeout: 60\n"
                 f"handler:\n  max_pixels: 40000000\n  torch_threads: {self.torch_threads}\n"
-                f"  precision: {self.precision}\n  freeze: {str(self.freeze).lower()}\n"
+                f"  precision: {self.precision}\n  freeze: {str(self.freeze).lower()}\n  runtime: {self.runtime}\n"
                 + (f"  views_cpu: {self.views}\n" if self.views is not None else ""))
 
     def describe(self) -> str:
@@ -50,7 +51,8 @@ def shipped_config(model_config: Path = MODEL_CONFIG) -> Config:
     batch, delay, workers = shipped["batchSize"], shipped["maxBatchDelay"], shipped["maxWorkers"]
     threads = handler.get("torch_threads", 1)
     return Config(f"b{batch}-d{delay}-w{workers}t{threads}", batch, delay, workers, threads,
-                  precision=str(handler.get("precision", "auto")), views=handler.get("views_cpu"))
+                  precision=str(handler.get("precision", "auto")), views=handler.get("views_cpu"),
+                  runtime=str(handler.get("runtime", "torchscript")))
 
 
 LEAN_FRONTEND = {"number_of_netty_threads": "1", "netty_client_threads": "1"}
