@@ -64,7 +64,8 @@ def in_process(body: bytes, repeats: int) -> dict[str, float]:
     torch.set_num_threads(settings.torch_threads or torch.get_num_threads())
     detector = FaceDetector(settings.score_threshold, max_side=settings.detect_max_side,
                             threads=settings.torch_threads or 1)
-    served = load_model(MODEL_FILE, torch.device("cpu"), settings.precision, views=settings.views_cpu)
+    served = load_model(MODEL_FILE, torch.device("cpu"), settings.precision, views=settings.views_cpu,
+                        runtime=settings.runtime)
     reader = Reader(served.every_point, served.framing, settings.refine_steps)
     photo, _ = decode_photo(body)
     rgb, gray = np.asarray(photo), np.asarray(photo.convert("L"))
