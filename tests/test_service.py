@@ -158,8 +158,10 @@ def test_stop_leaves_nothing_running(service):
 
 
 def test_the_views_are_a_serving_setting_of_the_same_file(tmp_path, validation_faces):
-    """views_cpu: 1 in the model-config serves the file's one-view method: no other model file, no retraining."""
-    config = "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 1\nmaxBatchDelay: 1\nhandler:\n  views_cpu: 1\n"
+    """views_cpu: 1 in the model-config serves the file's one-view method: no other model file, no retraining.
+    (The TorchScript runtime, to compare with the file itself; the int8 twins' agreement is test_inference's.)"""
+    config = ("minWorkers: 1\nmaxWorkers: 1\nbatchSize: 1\nmaxBatchDelay: 1\n"
+              "handler:\n  views_cpu: 1\n  runtime: torchscript\n")
     faces = validation_faces.images[:6]
     with running_service(tmp_path, config) as svc:
         served = np.stack([points(requests.put(url(svc), data=png(face), timeout=30)) for face in faces])
