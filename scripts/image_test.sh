@@ -228,6 +228,13 @@ podman exec "$NAME" test -s /home/model-server/logs/ts_log.log ||
     fail "no /home/model-server/logs/ts_log.log: TorchServe cannot write its logs under the read-only root"
 ok "TorchServe writes its logs to /home/model-server/logs with a read-only root filesystem"
 
+# A CPU serves the int8 twins of the model file (runtime: onnx-int8): their absence would only warn and fall back
+for model in keypoints faces; do
+    podman exec "$NAME" grep -q "$model: keypoint model 2 views, onnx-int8 on ONNX Runtime's CPU" \
+        /home/model-server/logs/model_log.log || { container_logs; fail "the $model workers do not serve int8"; }
+done
+ok "both models' workers serve the int8 ONNX twins (runtime onnx-int8)"
+
 # --- metrics port ------------------------------------------------------------------------------
 metrics=$(curl -sS --fail --max-time 10 "http://127.0.0.1:$METRICS_PORT/metrics") || fail "the metrics port does not answer"
 grep -q '^ts_inference_requests_total' <<<"$metrics" || fail "no ts_inference_requests_total on the metrics port"
