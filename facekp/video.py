@@ -5,9 +5,9 @@
 
 Frames are decoded with PyAV (any format FFmpeg reads), sent as JPEG with a few requests in flight, and written
 in frame order, one JSON line each: {"frame": i, "time": s, "faces": [{"id": n, "box": ..., "keypoints": ...,
-...}]}, each face as the service answered it plus its track id (facekp.tracking). --smooth filters each track's
-points over time (facekp.one_euro); off unless asked. --draw writes the annotated video. For frames already in
-memory (a webcam loop), track_frames() is the same as a library call.
+...}]}, each face as the service answered it plus its track id (facekp.tracking), its points filtered over
+time (facekp.one_euro: steadier at rest, as answered in motion; --no-smooth: as answered). --draw writes the
+annotated video. For frames already in memory (a webcam loop), track_frames() is the same as a library call.
 
 Exit status: 0 every frame answered; 1 the video was cut off or damaged, or some frames got no answer (the
 output holds every frame that was read; stderr says how many were lost and why); 2 nothing could be done (not a
@@ -137,7 +137,7 @@ def as_image(picture: Picture) -> Image.Image:
 
 
 def track_images(frames: Iterable[Picture | tuple[float, Picture]], url: str = DEFAULT_URL, points: int = 15,
-                 smooth: bool = False, fps: float = DEFAULT_FPS, concurrency: int = CONCURRENCY,
+                 smooth: bool = True, fps: float = DEFAULT_FPS, concurrency: int = CONCURRENCY,
                  tracking: TrackerSettings | None = None, smoothing: OneEuroSettings | None = None,
                  client: FacesClient | None = None, hints: bool = True) -> Iterator[Tracked]:
     """Each frame, in order, with its JSON line; what track_frames yields, with the images for drawing. With
@@ -183,7 +183,7 @@ def track_images(frames: Iterable[Picture | tuple[float, Picture]], url: str = D
 
 
 def track_frames(frames: Iterable[Picture | tuple[float, Picture]], url: str = DEFAULT_URL, points: int = 15,
-                 smooth: bool = False, fps: float = DEFAULT_FPS, concurrency: int = CONCURRENCY,
+                 smooth: bool = True, fps: float = DEFAULT_FPS, concurrency: int = CONCURRENCY,
                  tracking: TrackerSettings | None = None, smoothing: OneEuroSettings | None = None,
                  hints: bool = True) -> Iterator[dict]:
     """The JSON line of every frame, in order, as the frames come (a webcam loop can feed a generator).
@@ -213,8 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draw", type=Path, help="also write the annotated video here (.mp4)")
     parser.add_argument("--url", default=DEFAULT_URL, help="the service (make serve)")
     parser.add_argument("--points", type=int, choices=(15, 68), default=15, help="the 15 named keypoints or the 68")
-    parser.add_argument("--smooth", action=argparse.BooleanOptionalAction, default=False,
-                        help="filter each face's points over time (One Euro; off by default)")
+    parser.add_argument("--smooth", action=argparse.BooleanOptionalAction, default=True,
+                        help="filter each face's points over time (One Euro: steadier at rest; --no-smooth: the "
+                             "points as answered)")
     parser.add_argument("--concurrency", type=positive, default=CONCURRENCY, help="requests in flight")
     parser.add_argument("--hints", action=argparse.BooleanOptionalAction, default=True,
                         help=f"read most frames' faces where the tracks say they are, looking anew every "

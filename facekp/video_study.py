@@ -3,11 +3,11 @@
     make serve
     python -m facekp.video_study                                   # the four clips, each read three ways
     python -m facekp.video_study --seconds 10 --split fold-0       # 10 s clips of the people fold 0 holds out
-    python -m facekp.video_study --points 68 --beta 10 --min-cutoff 0.5
+    python -m facekp.video_study --points 68 --beta 100 --min-cutoff 0.5
 
 Each clip of facekp.clips is made, written as H.264 into a temporary folder and decoded again (as a user's
 file would be), then sent through facekp.video.track_frames three ways: every frame looked at anew (no hints),
-with hints (the default: facekp.video.faces_hint), and with hints and smoothing. Every frame is scored against
+with hints (facekp.video.faces_hint), and with hints and smoothing (the default). Every frame is scored against
 the clip's known keypoints:
 
 - recall: the share of visible faces answered (an answered face counts where its keypoints' centre lies in the
@@ -117,7 +117,7 @@ def score_clip(clip: clips.Clip, records: Iterable[dict], points: int = 15) -> C
 
 MODES = {"every frame": {"hints": False, "smooth": False}, "hints": {"hints": True, "smooth": False},
          "hints, smoothed": {"hints": True, "smooth": True}}
-"""The ways a clip is read: the service looking on every frame, with hints (the default), and smoothed too."""
+"""The ways a clip is read: the service looking on every frame, with hints, and smoothed too (the default)."""
 
 
 def run(url: str, points: int, smoothing: OneEuroSettings, data: str | None, split: str,
