@@ -26,6 +26,7 @@ from facekp.archive import BIN, FACES, MODEL_FILE, MODEL_STORE, MODELS, ArchiveE
 from facekp.data import REPO_ROOT
 from facekp.frontend import compile_frontend
 from facekp.processes import free_port, port_in_use, wait_until
+from facekp.warm_up import WARM_UP_REQUESTS, warm_up
 
 MODEL_NAME = "keypoints"
 TRY_IMAGE = "samples/astronaut_face.png"
@@ -171,6 +172,13 @@ class Service:
             return {}
         return {"Authorization": f"Bearer {json.loads(key_file.read_text())['management']['key']}"}
 
+    def inference_auth(self) -> dict[str, str]:
+        """The header an inference request needs: TorchServe's inference key where --token-auth is on."""
+        key_file = self.run_dir / "key_file.json"
+        if not self.token_auth or not key_file.exists():
+            return {}
+        return {"Authorization": f"Bearer {json.loads(key_file.read_text())['inference']['key']}"}
+
     def wait_ready(self, timeout: float = 120.0) -> list[dict]:
         """Block until every worker is READY. /ping says Healthy even while workers crash-loop."""
 
@@ -234,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token-auth", action="store_true", help="require TorchServe's API keys")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for a READY worker")
     parser.add_argument("--model-file", type=Path, default=MODEL_FILE, help="TorchScript model to package")
+    parser.add_argument("--warm-up", type=int, default=WARM_UP_REQUESTS, metavar="N",
+                        help="tiny requests sent to each route once ready, so that the JVM compiles the request path "
+                             "before the first user's (0: none)")
     args = parser.parse_args(argv)
     service = Service(run_dir=args.run_dir, host=args.host, inference_port=args.inference_port,
                       management_port=args.management_port, metrics_port=args.metrics_port,
@@ -250,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
             service.models = tuple(MODELS)
             service.start(archive)
             workers = service.wait_ready(args.timeout)
+            if args.warm_up > 0:
+                seconds = warm_up(service.inference_url, tuple(MODELS), args.warm_up,
+                                  headers=service.inference_auth())
+                print(f"warmed up: {args.warm_up} tiny requests to each model in {seconds:.1f} s", flush=True)
             print(f"ready: {len(workers)} worker(s) READY for models {', '.join(MODELS)} "
                   f"(inference {service.inference_url}, management {service.management_url}, "
                   f"metrics {service.metrics_url})")

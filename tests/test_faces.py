@@ -19,6 +19,8 @@ from facekp import photos
 from facekp.archive import FACES, KEYPOINTS
 from facekp.contract import KEYPOINT_NAMES, MEAN_LAYOUT
 from facekp.data import REPO_ROOT
+from facekp.processes import wait_until
+from facekp.warm_up import tiny_image, warm_up
 from handler import faces as pipeline
 from handler.square import Square, fit_square
 from tests.conftest import require_data, running_service
@@ -348,3 +350,24 @@ def test_a_cpu_worker_serves_the_int8_twins_of_the_shipped_file(service):
     log = (service.log_dir / "model_log.log").read_text(errors="replace")
     for model in ("keypoints", "faces"):
         assert f"{model}: keypoint model 2 views, onnx-int8 on ONNX Runtime's CPU" in log, model
+
+
+def test_the_warm_up_sends_each_route_its_tiny_requests_and_each_is_answered(service):
+    """make serve warms the frontend's request path (facekp.warm_up): every tiny request reaches its route and is
+    answered 200 (no face on the photo route, a crop's points on the keypoint route)."""
+    access_log = service.log_dir / "access_log.log"
+
+    def answered() -> dict[str, int]:
+        lines = access_log.read_text(errors="replace").splitlines() if access_log.exists() else []
+        return {route: sum(f"PUT /predictions/{route} HTTP/1.1\" 200" in line for line in lines)
+                for route in ("keypoints", "faces")}
+
+    before = answered()
+    seconds = warm_up(service.inference_url, ("keypoints", "faces"), requests_per_route=10, concurrency=3)
+
+    def all_in() -> dict[str, int] | None:  # the access log is written asynchronously
+        now = answered()
+        return now if all(now[route] - before[route] == 10 for route in now) else None
+
+    assert wait_until(all_in, 10.0) is not None, (before, answered())
+    assert seconds > 0 and tiny_image().startswith(b"\x89PNG")
