@@ -110,6 +110,8 @@ COPY config/config.container.properties /opt/facekp/config/config.properties
 # TorchServe's launcher puts the folder it starts in (WORKDIR) first on the frontend's class path.
 COPY --from=frontend /opt/facekp/frontend/org /home/model-server/org
 COPY config/healthcheck.py /opt/facekp/healthcheck.py
+# The request path's warm-up once the models answer (the JVM compiles it: docs/photos.md), beside TorchServe.
+COPY facekp/warm_up.py /opt/facekp/warm_up.py
 USER 10001:10001
 WORKDIR /home/model-server
 # 8080 inference, 8081 management (bound to 127.0.0.1 inside the container), 8082 Prometheus metrics.
@@ -119,6 +121,6 @@ HEALTHCHECK --interval=15s --timeout=6s --start-period=180s --retries=3 \
 
 # TorchServe in the foreground. Its launcher does not pass SIGTERM on to the Java frontend, so this
 # shell (PID 1) turns SIGTERM/SIGINT into `torchserve --stop`, waits for the frontend to shut its
-# workers down, and exits 0; it exits 1 if TorchServe ends by itself.
+# workers down, and exits 0; it exits 1 if TorchServe ends by itself. The warm-up runs once, beside it.
 STOPSIGNAL SIGTERM
-CMD ["/bin/sh", "-c", "trap 'torchserve --stop; wait $ts; exit 0' TERM INT; torchserve --start --foreground --ncs --disable-token-auth --model-store /opt/facekp/model-store --models keypoints=keypoints.mar faces=faces.mar --ts-config /opt/facekp/config/config.properties & ts=$!; wait $ts; echo 'torchserve exited' >&2; exit 1"]
+CMD ["/bin/sh", "-c", "trap 'torchserve --stop; wait $ts; exit 0' TERM INT; torchserve --start --foreground --ncs --disable-token-auth --model-store /opt/facekp/model-store --models keypoints=keypoints.mar faces=faces.mar --ts-config /opt/facekp/config/config.properties & ts=$!; python /opt/facekp/warm_up.py http://127.0.0.1:8080 & wait $ts; echo 'torchserve exited' >&2; exit 1"]

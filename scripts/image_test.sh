@@ -235,6 +235,11 @@ for model in keypoints faces; do
 done
 ok "both models' workers serve the int8 ONNX twins (runtime onnx-int8)"
 
+# The warm-up beside TorchServe (facekp/warm_up.py) said it is done: its line is in the container's output
+for _ in $(seq 30); do podman logs "$NAME" 2>&1 | grep -q "warmed up: " && break; sleep 1; done
+warmed=$(podman logs "$NAME" 2>&1 | grep -m1 "warmed up: ") || { container_logs; fail "the warm-up never said it was done"; }
+ok "the request path was warmed up ($warmed)"
+
 # --- metrics port ------------------------------------------------------------------------------
 metrics=$(curl -sS --fail --max-time 10 "http://127.0.0.1:$METRICS_PORT/metrics") || fail "the metrics port does not answer"
 grep -q '^ts_inference_requests_total' <<<"$metrics" || fail "no ts_inference_requests_total on the metrics port"

@@ -101,6 +101,10 @@ def test_starts_torchserve_in_the_foreground_and_stops_it_on_sigterm():
     assert "torchserve --start --foreground" in script
     assert "trap 'torchserve --stop" in script and "TERM" in script
     assert "--models keypoints=keypoints.mar" in script
+    # the request path's warm-up runs beside it, from a file the image holds (facekp/warm_up.py)
+    assert "python /opt/facekp/warm_up.py http://127.0.0.1:8080 &" in script
+    assert ("COPY", "facekp/warm_up.py /opt/facekp/warm_up.py") in stages()["torchserve"]
+    assert not _dockerignored("facekp/warm_up.py")
 
 
 def test_kserve_target_runs_the_predictor_as_non_root_on_8080_and_grpc_on_8081():

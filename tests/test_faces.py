@@ -20,6 +20,7 @@ from facekp.archive import FACES, KEYPOINTS
 from facekp.contract import KEYPOINT_NAMES, MEAN_LAYOUT
 from facekp.data import REPO_ROOT
 from facekp.processes import wait_until
+from facekp.warm_up import main as warm_up_main
 from facekp.warm_up import tiny_image, warm_up
 from handler import faces as pipeline
 from handler.square import Square, fit_square
@@ -371,3 +372,11 @@ def test_the_warm_up_sends_each_route_its_tiny_requests_and_each_is_answered(ser
 
     assert wait_until(all_in, 10.0) is not None, (before, answered())
     assert seconds > 0 and tiny_image().startswith(b"\x89PNG")
+
+
+def test_the_containers_warm_up_waits_for_every_route_then_warms_it(service, capsys):
+    assert warm_up_main([service.inference_url, "--requests", "4", "--wait", "30"]) == 0
+    assert "warmed up: 4 tiny requests to each of keypoints, faces" in capsys.readouterr().out
+    # a route that never answers: it gives up after --wait, says so, and warms nothing
+    assert warm_up_main([service.inference_url, "--routes", "nosuchmodel", "--wait", "2"]) == 1
+    assert "did not all answer within 2 s" in capsys.readouterr().err
