@@ -541,6 +541,15 @@ def test_the_committed_teachers_are_the_shipped_models_teachers(faces):
     assert metrics.score(pred, val.keypoints) == pytest.approx(shipped["teacher"]["validation_score"], rel=1e-3)
 
 
+def test_fold_0s_committed_teachers_never_saw_fold_0s_people():
+    """train/teachers/fold_0/ (the screening queue's teachers): each card says it held fold 0 out, and is its file's."""
+    for name in ("long", "short"):
+        path = REPO_ROOT / "train" / "teachers" / "fold_0" / f"{name}.pt"
+        card = json.loads(path.with_suffix(".json").read_text())
+        assert card["data"]["split"].endswith("(fold 0 of 5)") and card["data"]["train_people"] == 238
+        assert path.stat().st_size == card["size_bytes"] < 20_000_000
+
+
 def test_replayed_views_are_the_kept_ones_reshuffled_and_a_mirrored_view_has_mirrored_answers():
     """--view-reuse: a replayed epoch shows each kept view once; a view mirrored on replay gets the mirrored
     labels (carrying the label offset's gradient) and the teacher's answer mirrored alike."""
