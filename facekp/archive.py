@@ -15,7 +15,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from facekp.contract import VIEW_SETTINGS
 from facekp.data import REPO_ROOT
+from handler.inference import int8_file
 
 MODEL_FILE = REPO_ROOT / "model_store" / "keypoints.pt"
 MODEL_STORE = REPO_ROOT / "model_store"
@@ -81,8 +83,9 @@ def build_archive(model_file: Path = MODEL_FILE, export_dir: Path = MODEL_STORE,
         for module in handler_modules(handler):
             (Path(staging) / module).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO_ROOT / module, Path(staging) / module)
-        for int8 in model_file.parent.glob(f"{model_file.stem}.views*.int8.onnx"):  # runtime onnx-int8's files
-            shutil.copy2(int8, Path(staging) / int8.name)
+        for int8 in (int8_file(model_file, views) for views in VIEW_SETTINGS):  # runtime onnx-int8's files
+            if int8.is_file():
+                shutil.copy2(int8, Path(staging) / int8.name)
         cmd = [str(BIN / "torch-model-archiver"), "--model-name", spec.name, "--version", "1.0",
                "--serialized-file", str(model_file), "--handler", str(handler),
                "--extra-files", staging, "--config-file", str(model_config),

@@ -158,26 +158,18 @@ class Service:
     def workers(self, model: str = MODEL_NAME) -> list[dict]:
         """The model's workers as the management API reports them (empty if unreachable)."""
         try:
-            reply = requests.get(f"{self.management_url}/models/{model}", timeout=5, headers=self._auth())
+            reply = requests.get(f"{self.management_url}/models/{model}", timeout=5, headers=self.auth_header())
             reply.raise_for_status()
             return reply.json()[0].get("workers", [])
         except (requests.RequestException, ValueError, IndexError, KeyError):
             return []
 
-    def _auth(self) -> dict[str, str]:
-        if not self.token_auth:
-            return {}
-        key_file = self.run_dir / "key_file.json"
-        if not key_file.exists():
-            return {}
-        return {"Authorization": f"Bearer {json.loads(key_file.read_text())['management']['key']}"}
-
-    def inference_auth(self) -> dict[str, str]:
-        """The header an inference request needs: TorchServe's inference key where --token-auth is on."""
+    def auth_header(self, api: str = "management") -> dict[str, str]:
+        """The header a request to `api` (management or inference) needs where --token-auth is on."""
         key_file = self.run_dir / "key_file.json"
         if not self.token_auth or not key_file.exists():
             return {}
-        return {"Authorization": f"Bearer {json.loads(key_file.read_text())['inference']['key']}"}
+        return {"Authorization": f"Bearer {json.loads(key_file.read_text())[api]['key']}"}
 
     def wait_ready(self, timeout: float = 120.0) -> list[dict]:
         """Block until every worker is READY. /ping says Healthy even while workers crash-loop."""
@@ -263,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             workers = service.wait_ready(args.timeout)
             if args.warm_up > 0:
                 seconds = warm_up(service.inference_url, tuple(MODELS), args.warm_up,
-                                  headers=service.inference_auth())
+                                  headers=service.auth_header("inference"))
                 print(f"warmed up: {args.warm_up} tiny requests to each model in {seconds:.1f} s", flush=True)
             print(f"ready: {len(workers)} worker(s) READY for models {', '.join(MODELS)} "
                   f"(inference {service.inference_url}, management {service.management_url}, "

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from handler.inference import quiet_ort_options
+
 STRIDES = (8, 16, 32)
 ANCHOR_SIDES = ((16, 32), (64, 128), (256, 512))
 CENTER_VARIANCE, SIZE_VARIANCE = 0.1, 0.2
@@ -78,13 +80,7 @@ class FaceDetector:
                  threads: int = 1, device: str = "cpu"):
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        # onnxruntime's pool threads spin after each run by default, holding a core that the keypoint model's torch
-        # threads then wait for: a photo took 32 ms in-process at 2 threads against 17 ms at 1 (2-core EPYC,
-        # loadtest/photo_latency.py). Without spinning: 16.6 ms.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options = quiet_ort_options(threads)
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")

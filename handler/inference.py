@@ -173,15 +173,26 @@ def int8_file(model_file: Path, views: int) -> Path:
     return model_file.with_name(f"{model_file.stem}.views{views}.int8.onnx")
 
 
-def onnx_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    """batch -> the ONNX file's answer, on ONNX Runtime's CPU with this many threads, which do not spin between
-    runs (a spinning thread holds a core the other workers want: handler/face_detector.py)."""
+def quiet_ort_options(threads: int):
+    """ONNX Runtime's options for a worker that shares its cores: `threads` intra-op threads that do not spin.
+
+    onnxruntime's pool threads spin after each run by default, holding a core that the keypoint model's threads
+    then wait for: a photo took 32 ms in-process at 2 threads against 17 ms at 1 (2-core EPYC,
+    loadtest/photo_latency.py). Without spinning: 16.6 ms."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return options
+
+
+def onnx_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    """batch -> the ONNX file's answer, on ONNX Runtime's CPU with this many threads, which do not spin between
+    runs (quiet_ort_options)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), quiet_ort_options(threads), providers=["CPUExecutionProvider"])
     return lambda batch: session.run(None, {"x": np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
 
